@@ -1,0 +1,78 @@
+"""AdamH: Adam's direction on the Frobenius hypersphere (SPEC §1; ArchScale ``lit_gpt/optim/scalar_opts.py``
+``adamw_update_foreach_async(use_hyperball=True)``, used there for the untied lm_head).
+
+Direction u = m̂ / (√v̂ + ε) with bias-corrected moments (as ``torch.optim.Adam``), then the shared fixed-norm
+update + retraction of :mod:`hyperp.optim.sphere` with R = ‖W‖_F at the first step (``state["radius"]``).
+No weight decay: on the sphere it is a first-order no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hyperp.errors import ConfigError
+from hyperp.optim.sphere import check_mode, fixed_norm_update, init_radius
+
+
+class AdamH(torch.optim.Optimizer):
+    """Adam direction, fixed-norm step of size lr·R, retraction to radius R; 2-D or (E, out, in) params."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.02,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        expert_sphere: str = "per_expert",
+    ) -> None:
+        if not lr >= 0:
+            raise ConfigError(f"optim.lr={lr} must be >= 0")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ConfigError(f"optim.betas={betas} must lie in [0, 1)")
+        if not eps >= 0:
+            raise ConfigError(f"optim.eps={eps} must be >= 0")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, expert_sphere=check_mode(expert_sphere))
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim not in (2, 3):
+                    raise ConfigError(f"AdamH parameter of shape {tuple(p.shape)} must be 2-D or 3-D (E, out, in)")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
+        grad = p.grad
+        if grad.is_sparse:
+            raise RuntimeError("AdamH does not support sparse gradients")
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            state["radius"] = init_radius(p, group["expert_sphere"])
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        step = float(state["step"])
+        g = grad.to(torch.float32)
+        state["exp_avg"].lerp_(g, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1**step
+        denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
+        direction = state["exp_avg"] / bias1 / denom
+        fixed_norm_update(p, direction, group["lr"], state["radius"], group["expert_sphere"])
+
+

@@ -1,0 +1,71 @@
+"""Optimizer settings (one typed dataclass; the train config embeds it as ``[optim]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hyperp.errors import ConfigError
+from hyperp.optim.muonh import ADJUST_LR_FNS
+from hyperp.optim.newton_schulz import COEFFICIENT_SETS
+from hyperp.optim.sphere import EXPERT_SPHERE_MODES
+
+OPTIMIZERS = ("muonh", "adamh", "muon", "adamw")
+
+
+@dataclass
+class OptimConfig:
+    """Which optimizer and its hyperparameters.
+
+    - ``lr``: peak lr of the sphere/matrix groups (HyperP base η₀ ≈ 1.4e-2 for MuonH at d8; scaled by
+      :mod:`hyperp.transfer` through ``lr_scale``).
+    - ``adam_lr``: None → the Adam group (embedding, norms) uses the same lr as the sphere groups (ArchScale);
+      a number → an absolute lr for it (Marin, ≈ lr/4.33).
+    - ``weight_decay``: baselines only (AdamW, Muon); the sphere groups have none.
+    - ``muon_adjust_lr``: Muon baseline's shape-based lr. torch.optim.Muon's default (None) is ``"original"``
+      (√max(1, out/in)); ArchScale's Muon baseline uses ``"spectral_norm"`` (√(out/in)). Our default is
+      ``"match_rms_adamw"`` (0.2·√max(out, in), Moonlight) because the baseline's non-matrix groups run AdamW at
+      the same lr, so matching AdamW's update RMS makes that shared lr meaningful.
+    - ``grad_clip``: global grad-norm clip applied by the training loop (ArchScale: 1.0); 0 disables.
+    """
+
+    name: str = "muonh"
+    lr: float = 0.02
+    adam_lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    momentum: float = 0.95
+    ns_steps: int = 5
+    ns_coefficients: str = "torch"
+    expert_sphere: str = "per_expert"
+    router_on_sphere: bool = True
+    muon_adjust_lr: str = "match_rms_adamw"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _choice("name", self.name, OPTIMIZERS)
+        _choice("ns_coefficients", self.ns_coefficients, COEFFICIENT_SETS)
+        _choice("expert_sphere", self.expert_sphere, EXPERT_SPHERE_MODES)
+        _choice("muon_adjust_lr", self.muon_adjust_lr, ADJUST_LR_FNS)
+        _check(self.lr > 0, f"optim.lr={self.lr} must be > 0")
+        _check(self.adam_lr is None or self.adam_lr > 0, f"optim.adam_lr={self.adam_lr} must be > 0")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas={self.betas} must be two values in [0, 1)",
+        )
+        _check(self.eps > 0, f"optim.eps={self.eps} must be > 0")
+        _check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
+        _check(0 <= self.momentum < 1, f"optim.momentum={self.momentum} must be in [0, 1)")
+        _check(isinstance(self.ns_steps, int) and self.ns_steps >= 1, f"optim.ns_steps={self.ns_steps} must be >= 1")
+        _check(self.grad_clip >= 0, f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+        _check(isinstance(self.router_on_sphere, bool), f"optim.router_on_sphere={self.router_on_sphere!r} must be a bool")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"optim.{field}={value!r} must be one of {', '.join(allowed)}")

@@ -1,0 +1,130 @@
+"""MuonH: Muon's direction on the Frobenius hypersphere (SPEC §1; ArchScale ``lit_gpt/optim/muon.py``, ``use_muonh``).
+
+Per step, for each 2-D matrix or stacked (E, out, in) expert tensor:
+
+1. Nesterov momentum with ``torch.optim.Muon``'s buffer semantics: ``buf.lerp_(g, 1−β)``; direction
+   ``g.lerp(buf, β)`` (nesterov) or ``buf``.
+2. Batched Newton–Schulz (:mod:`hyperp.optim.newton_schulz`) over the experts.
+3. ``sphere=True``: fixed-norm update + retraction (:func:`hyperp.optim.sphere.fixed_norm_update`) with the radius
+   R = ‖W‖_F taken at the first step and kept in ``state["radius"]``. Base lr only: Muon's shape-based lr
+   adjustment is not applied on the sphere (ArchScale passes the base lr), and weight decay is ignored (a
+   first-order no-op on the sphere, HyperP's theorem) with a one-time warning.
+   ``sphere=False``: plain Muon with torch semantics — decoupled decay ``W ← W·(1 − lr·wd)`` then
+   ``W ← W − adjusted_lr·O`` — which also works on 3-D experts (torch.optim.Muon rejects them). The lr
+   adjustment uses the last two dims, i.e. each expert's (out, in).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hyperp.errors import ConfigError
+from hyperp.optim.newton_schulz import Coeffs, newton_schulz, schedule
+from hyperp.optim.sphere import check_mode, fixed_norm_update, init_radius
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw", "spectral_norm", "none")
+
+
+def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
+    """Muon's shape-based lr for the baseline (``torch.optim._muon._adjust_lr``; None means "original" as in torch).
+
+    ``"spectral_norm"`` is ArchScale's baseline choice (``adjust_lr_spectral_norm``: √(out/in)); ``"none"``: 1.
+    """
+    out_dim, in_dim = shape[-2], shape[-1]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, out_dim / in_dim))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(out_dim, in_dim))
+    if adjust_lr_fn == "spectral_norm":
+        return lr * math.sqrt(out_dim / in_dim)
+    return lr
+
+
+class MuonH(torch.optim.Optimizer):
+    """Muon on the hypersphere (``sphere=True``) or plain Muon (``sphere=False``), for 2-D and (E, out, in) params."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_coefficients: str | Coeffs | Sequence[Coeffs] = "torch",
+        eps: float = 1e-7,
+        sphere: bool = True,
+        expert_sphere: str = "per_expert",
+        weight_decay: float = 0.0,
+        adjust_lr_fn: str | None = None,
+        ns_dtype: torch.dtype | None = None,
+    ) -> None:
+        if not lr >= 0:
+            raise ConfigError(f"optim.lr={lr} must be >= 0")
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"optim.momentum={momentum} must be in [0, 1)")
+        if not weight_decay >= 0:
+            raise ConfigError(f"optim.weight_decay={weight_decay} must be >= 0")
+        if adjust_lr_fn is not None and adjust_lr_fn not in ADJUST_LR_FNS:
+            raise ConfigError(f"optim.muon_adjust_lr={adjust_lr_fn!r} must be one of {ADJUST_LR_FNS}")
+        schedule(ns_coefficients, ns_steps)  # validate early
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
+            eps=eps, sphere=sphere, expert_sphere=check_mode(expert_sphere), weight_decay=weight_decay,
+            adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype,
+        )
+        super().__init__(params, defaults)
+        self._warned_wd = False
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim not in (2, 3):
+                    raise ConfigError(f"MuonH parameter of shape {tuple(p.shape)} must be 2-D or 3-D (E, out, in)")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._warn_sphere_decay(group)
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _warn_sphere_decay(self, group: dict[str, Any]) -> None:
+        if group["sphere"] and group["weight_decay"] > 0 and not self._warned_wd:
+            warnings.warn(
+                "MuonH: weight_decay is ignored on the sphere (a first-order no-op, HyperP); set it to 0",
+                stacklevel=3,
+            )
+            self._warned_wd = True
+
+    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
+        grad = p.grad
+        if grad.is_sparse or torch.is_complex(p):
+            raise RuntimeError("MuonH supports dense real parameters only")
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+            if group["sphere"]:
+                state["radius"] = init_radius(p, group["expert_sphere"])
+        buf = state["momentum_buffer"]
+        momentum = group["momentum"]
+        buf.lerp_(grad, 1 - momentum)
+        direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
+        ortho = newton_schulz(
+            direction, group["ns_steps"], group["ns_coefficients"], group["eps"], group["ns_dtype"]
+        )
+        lr = group["lr"]
+        if group["sphere"]:
+            fixed_norm_update(p, ortho, lr, state["radius"], group["expert_sphere"])
+            return
+        p.mul_(1 - lr * group["weight_decay"])
+        p.add_(ortho.to(p.dtype), alpha=-adjust_lr(lr, group["adjust_lr_fn"], p.shape))

@@ -1,0 +1,58 @@
+"""The one retraction shared by MuonH and AdamH (SPEC §1, "Update with fixed norm, then retraction").
+
+    W' = W − η · R · u / ‖u‖_F          (every step moves W by exactly η·R: angular step ≈ η radians)
+    W  ← R · W' / ‖W'‖_F                (back onto the sphere of radius R = ‖W_init‖_F)
+
+Norms are taken over the last two dims in one pass, so a stacked (E, out, in) expert tensor is E matrices with E
+radii (``"per_expert"``, Marin's choice) — or, with ``"joint"``, one norm over the whole tensor as ArchScale's 3-D
+expert path does (``lit_gpt/optim/muon.py``: ``muonh_apply_scaled_update_and_local_sq_norms`` normalizes each
+parameter tensor as a whole).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hyperp.errors import ConfigError
+
+EXPERT_SPHERE_MODES = ("per_expert", "joint")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in EXPERT_SPHERE_MODES:
+        raise ConfigError(f"optim.expert_sphere={mode!r} must be one of {EXPERT_SPHERE_MODES}")
+    return mode
+
+
+def frobenius_norm(x: Tensor, mode: str = "per_expert") -> Tensor:
+    """‖x‖_F per trailing matrix (keepdim), or over the whole tensor for ``mode="joint"``; fp32 accumulation."""
+    dims = tuple(range(x.ndim)) if mode == "joint" else (-2, -1)
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+
+
+def init_radius(param: Tensor, mode: str = "per_expert") -> Tensor:
+    """R = ‖W‖_F now (at the first step = at init); a zero radius would pin W at zero forever."""
+    if param.ndim not in (2, 3):
+        raise ConfigError(f"sphere parameter of shape {tuple(param.shape)} must be 2-D or 3-D (E, out, in)")
+    radius = frobenius_norm(param.detach(), mode)
+    if not bool((radius > 0).all()):
+        raise ConfigError(
+            f"sphere parameter of shape {tuple(param.shape)} has zero norm; it would stay zero forever "
+            "(initialize it non-zero, e.g. kaiming-uniform)"
+        )
+    return radius
+
+
+@torch.no_grad()
+def fixed_norm_update(
+    W: Tensor, u: Tensor, lr: float | Tensor, R: Tensor, mode: str = "per_expert", eps: float = 1e-12
+) -> None:
+    """In place: W ← R·(W − lr·R·u/‖u‖)/‖W − lr·R·u/‖u‖‖, batched over experts (no Python loop)."""
+    u = u.to(torch.float32)
+    scale = (lr * R) / frobenius_norm(u, mode).clamp(min=eps)
+    w = W.to(torch.float32) if W.dtype != torch.float32 else W
+    w.sub_(u * scale)
+    w.mul_(R / frobenius_norm(w, mode).clamp(min=eps))
+    if w is not W:
+        W.copy_(w)
