@@ -1,0 +1,63 @@
+"""MoE block configuration (SPEC §4).
+
+``num_experts`` and ``top_k`` count *routed* experts. ArchScale (`lit_gpt/moe.py`) turns one of the k slots into
+the shared expert (k−1 routed, sparsity·k − 1 routed experts); whoever builds the model from a
+"sparsity × granularity" family decides that and passes the routed numbers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hyperp.errors import ConfigError
+
+GATES = ("sqrt", "softmax")
+BACKENDS = ("auto", "loop", "torch", "megablocks")
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int
+    top_k: int
+    expert_hidden: int
+    shared_expert: bool = False
+    shared_hidden: int | None = None  # None → expert_hidden
+    gate: str = "sqrt"  # "sqrt" (SqrtGate) | "softmax" (standard renormalized top-k gate)
+    shared_mix: float = 0.5  # p of y = √(1−p)·routed + √p·shared under SqrtGate
+    aux_weight: float = 0.0
+    z_weight: float = 0.0
+    global_aux: bool = True
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive_int("moe.num_experts", self.num_experts)
+        _positive_int("moe.top_k", self.top_k)
+        _positive_int("moe.expert_hidden", self.expert_hidden)
+        if self.top_k > self.num_experts:
+            raise ConfigError(f"moe.top_k={self.top_k} must be <= moe.num_experts={self.num_experts}")
+        if not isinstance(self.shared_expert, bool):
+            raise ConfigError(f"moe.shared_expert={self.shared_expert!r} must be true or false")
+        if self.shared_hidden is None:
+            self.shared_hidden = self.expert_hidden
+        _positive_int("moe.shared_hidden", self.shared_hidden)
+        if self.gate not in GATES:
+            raise ConfigError(f"moe.gate={self.gate!r} must be one of {', '.join(GATES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"moe.backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if not _is_number(self.shared_mix) or not 0.0 <= self.shared_mix <= 1.0:
+            raise ConfigError(f"moe.shared_mix={self.shared_mix!r} must be a number in [0, 1]")
+        for name in ("aux_weight", "z_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"moe.{name}={value!r} must be a number >= 0")
+        if not isinstance(self.global_aux, bool):
+            raise ConfigError(f"moe.global_aux={self.global_aux!r} must be true or false")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # rejects NaN
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
