@@ -1,0 +1,173 @@
+"""The training loop: one optimizer step = grad-accumulated forward/backward, a finite check, the step, callbacks.
+
+Everything that watches the run (progress bar, JSONL, wandb, checkpoints, monitors, alarms) is a callback
+(:mod:`train.callbacks`); how the pieces are built lives in :mod:`train.build`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyperp.errors import CheckpointError
+from moe.losses import GlobalBalance, micro_batch_aux, z_loss
+from train import checkpoint
+from train.build import Components
+from train.callbacks import Callback
+from train.config import RunConfig
+from train.schedule import lr_multiplier, set_lr
+
+
+_METRIC_NAMES = {"ce": "train/loss", "total": "train/total_loss", "aux": "moe/aux_loss", "z": "moe/z_loss"}
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps completed
+    tokens: int = 0
+    skipped_steps: int = 0
+    nonfinite_streak: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, parts: Components, callbacks: list[Callback]) -> None:
+        self.cfg, self.run_dir, self.callbacks = cfg, Path(run_dir), callbacks
+        self.model, self.optimizer, self.device = parts.model, parts.optimizer, parts.device
+        self.sampler = parts.sampler
+        self.val_batches = parts.data.val_batches(cfg.train.batch_size, cfg.train.eval_batches)
+        self.autocast = parts.autocast
+        self.state = TrainState()
+        self.balance = GlobalBalance()
+        self.stop_reason: str | None = None
+        self.last_val_loss = float("nan")
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+
+    # ------------------------------------------------------------------------------------------------ one step
+    def _losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        moe_cfg = self.cfg.model.moe
+        with self.autocast():
+            out = self.model(inputs, targets)
+        terms = {"ce": out.loss}
+        if out.routing:
+            aux = self.balance.aux(out.routing) if moe_cfg.global_aux else micro_batch_aux(out.routing)
+            terms["aux"] = aux
+            terms["z"] = torch.stack([z_loss(s.logits) for s in out.routing]).sum()
+            terms["total"] = out.loss + moe_cfg.aux_weight * aux + moe_cfg.z_weight * terms["z"]
+        else:
+            terms["total"] = out.loss
+        return terms
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; a non-finite loss or gradient skips it without touching optimizer state."""
+        cfg, step = self.cfg.train, self.state.step
+        self.model.train()
+        set_lr(self.optimizer, lr_multiplier(step, cfg))
+        self.balance.reset()
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            inputs, targets = self.sampler.batch_at(step, micro)
+            terms = self._losses(inputs.to(self.device), targets.to(self.device))
+            (terms["total"] / cfg.grad_accum).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach() / cfg.grad_accum
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        finite = bool(torch.isfinite(sums["total"]) & torch.isfinite(grad_norm))  # the step's one host sync
+        if finite:
+            self.optimizer.step()
+            self.state.nonfinite_streak = 0
+        else:
+            self.state.skipped_steps += 1
+            self.state.nonfinite_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens += cfg.grad_accum * cfg.batch_size * self.cfg.data.seq_len
+        metrics = {_METRIC_NAMES[k]: float(v) for k, v in sums.items()}
+        if "aux" in sums and self.cfg.model.moe.global_aux:
+            metrics["moe/aux_loss"] = float(self.balance.value())  # exact step-level global aux
+        metrics.update({"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"],
+                        "train/tokens": float(self.state.tokens), "train/skipped_steps": float(self.state.skipped_steps)})
+        if self.state.nonfinite_streak >= cfg.max_nonfinite:
+            self.request_stop(f"{self.state.nonfinite_streak} consecutive non-finite steps (loss or gradient)")
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        losses = []
+        for inputs, targets in self.val_batches:
+            with self.autocast():
+                losses.append(self.model(inputs.to(self.device), targets.to(self.device)).loss.float())
+        self.last_val_loss = float(torch.stack(losses).mean())
+        return {"val/loss": self.last_val_loss}
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> TrainState:
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            while self.state.step < self.cfg.train.max_steps and self.stop_reason is None:
+                started = time.perf_counter()
+                metrics = self.train_step()
+                step = self.state.step
+                metrics["train/tokens_per_s"] = self.tokens_per_step / (time.perf_counter() - started)
+                if step % self.cfg.train.eval_every == 0 or step == self.cfg.train.max_steps:
+                    val = self.evaluate()
+                    for cb in self.callbacks:
+                        cb.on_eval(self, step, val)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, step, metrics)
+            if self.stop_reason is not None:
+                self.save_checkpoint()
+        finally:
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        return self.state
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.cfg.train
+        return t.grad_accum * t.batch_size * self.cfg.data.seq_len
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "trainer": asdict(self.state),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "last_val_loss": self.last_val_loss,
+        }
+
+    def save_checkpoint(self) -> Path:
+        return checkpoint.save(self.run_dir, self.state.step, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> Path:
+        path, state = checkpoint.load_latest(self.run_dir, map_location=self.device)
+        if state["config"]["model"] != self.cfg.to_dict()["model"]:
+            raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+            cb.load_state_dict(cb_state)
+        self.state = TrainState(**state["trainer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.last_val_loss = state.get("last_val_loss", float("nan"))
+        return path
+
+
+def null_autocast() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
