@@ -17,6 +17,7 @@ from hyperp.transfer import Scale, lr_multiplier
 from models.qwen3 import Qwen3, build_model
 from train.callbacks import Callback, JSONLLogger, PeriodicCheckpoint, ProgressBar, WandbLogger
 from train.config import RunConfig
+from train.monitors import monitor_callbacks
 from train.data import BatchSampler, PreparedData, prepare
 
 
@@ -91,5 +92,6 @@ def build_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
     callbacks.append(JSONLLogger(run_dir / "metrics.jsonl", cfg.train.log_every))
     if cfg.log.wandb != "disabled":
         callbacks.append(WandbLogger(cfg.log.wandb, cfg.log.wandb_project, run_dir))
+    callbacks.extend(monitor_callbacks(cfg.monitor, run_dir))
     callbacks.append(PeriodicCheckpoint(cfg.train.ckpt_every))
     return callbacks

@@ -24,6 +24,13 @@ class Callback:
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        """Before the forward passes of optimizer step ``step`` (1-based: the step about to complete)."""
+
+    def on_before_optimizer_step(self, trainer: Trainer, step: int) -> dict[str, float]:
+        """Gradients are final (clipped) and finite; return metrics to log with this step (e.g. grad norms)."""
+        return {}
+
     def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
 
     def on_eval(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...

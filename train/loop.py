@@ -70,6 +70,8 @@ class Trainer:
         self.model.train()
         set_lr(self.optimizer, lr_multiplier(step, cfg))
         self.balance.reset()
+        for cb in self.callbacks:
+            cb.on_step_start(self, step + 1)
         sums: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             inputs, targets = self.sampler.batch_at(step, micro)
@@ -81,7 +83,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         finite = bool(torch.isfinite(sums["total"]) & torch.isfinite(grad_norm))  # the step's one host sync
+        extra: dict[str, float] = {}
         if finite:
+            for cb in self.callbacks:
+                extra.update(cb.on_before_optimizer_step(self, step + 1))
             self.optimizer.step()
             self.state.nonfinite_streak = 0
         else:
@@ -93,6 +98,7 @@ class Trainer:
         metrics = {_METRIC_NAMES[k]: float(v) for k, v in sums.items()}
         if "aux" in sums and self.cfg.model.moe.global_aux:
             metrics["moe/aux_loss"] = float(self.balance.value())  # exact step-level global aux
+        metrics.update(extra)
         metrics.update({"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/tokens": float(self.state.tokens), "train/skipped_steps": float(self.state.skipped_steps)})
         if self.state.nonfinite_streak >= cfg.max_nonfinite:
