@@ -86,12 +86,12 @@ def build_components(cfg: RunConfig) -> Components:
 
 
 def build_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
-    callbacks: list[Callback] = []
+    # Monitors come first: they add their metrics to the step's dict before the loggers write it.
+    callbacks: list[Callback] = list(monitor_callbacks(cfg.monitor, run_dir))
     if cfg.log.progress:
         callbacks.append(ProgressBar(cfg.train.log_every))
     callbacks.append(JSONLLogger(run_dir / "metrics.jsonl", cfg.train.log_every))
     if cfg.log.wandb != "disabled":
         callbacks.append(WandbLogger(cfg.log.wandb, cfg.log.wandb_project, run_dir))
-    callbacks.extend(monitor_callbacks(cfg.monitor, run_dir))
     callbacks.append(PeriodicCheckpoint(cfg.train.ckpt_every))
     return callbacks
