@@ -19,9 +19,12 @@ __all__ = ["GlobalBalance", "RoutingStats", "micro_batch_aux", "switch_aux", "z_
 
 
 def switch_aux(counts: Tensor, prob_mean: Tensor) -> Tensor:
-    """E·Σ f_i·P_i with f = counts / counts.sum() (each token counted k times, so f sums to 1)."""
+    """E·Σ f_i·P_i with f = counts / counts.sum() (each token counted k times, so f sums to 1).
+
+    Batched over leading dimensions: (L, E) inputs give the (L,) per-layer losses.
+    """
     f = counts.detach().to(prob_mean.dtype)
-    f = f / f.sum().clamp_min(1.0)
+    f = f / f.sum(-1, keepdim=True).clamp_min(1.0)
     return prob_mean.shape[-1] * (f * prob_mean).sum(-1)
 
 
