@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hyperp import OptimConfig, build_optimizer, param_groups
+from hyperp.errors import ConfigError
+from hyperp.optim import AdamH, MuonH
+from hyperp.roles import Role, declare
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Parameter(torch.randn(11, 8) * 1e-2)
+        self.proj = nn.Parameter(torch.randn(8, 8) * 0.3)
+        self.experts = nn.Parameter(torch.randn(4, 6, 8) * 0.3)
+        self.router = nn.Parameter(torch.randn(4, 8) * 0.3)
+        self.norm = nn.Parameter(torch.ones(8))
+        self.head = nn.Parameter(torch.randn(11, 8) * 0.02)
+        declare(self, embed=Role.EMBEDDING, proj=Role.MATRIX, experts=Role.EXPERT, router=Role.ROUTER,
+                norm=Role.VECTOR, head=Role.HEAD)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed[idx] * self.norm
+        x = torch.tanh(x @ self.proj.T)
+        gate = torch.softmax(x @ self.router.T, -1)
+        x = x + torch.einsum("be,eoi,bi->bo", gate, self.experts, x).sum(-1, keepdim=True)
+        return x @ self.head.T
+
+
+def _where(opt, model: nn.Module) -> dict[str, tuple[str, str, float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for inner in opt.optimizers:
+        for g in inner.param_groups:
+            for p in g["params"]:
+                out[names[id(p)]] = (type(inner).__name__, g["name"], g.get("weight_decay", 0.0))
+    return out
+
+
+EXPECTED = {
+    "muonh": {"proj": ("MuonH", "sphere", 0.0), "experts": ("MuonH", "sphere", 0.0), "router": ("MuonH", "sphere", 0.0),
+              "head": ("AdamH", "head", 0.0), "embed": ("Adam", "adam", 0.0), "norm": ("Adam", "adam", 0.0)},
+    "adamh": {"proj": ("AdamH", "sphere", 0.0), "experts": ("AdamH", "sphere", 0.0), "router": ("AdamH", "sphere", 0.0),
+              "head": ("AdamH", "head", 0.0), "embed": ("Adam", "adam", 0.0), "norm": ("Adam", "adam", 0.0)},
+    "muon": {"proj": ("MuonH", "matrix", 0.1), "experts": ("MuonH", "matrix", 0.1), "router": ("MuonH", "matrix", 0.1),
+             "head": ("AdamW", "head", 0.1), "embed": ("AdamW", "adam", 0.0), "norm": ("AdamW", "adam", 0.0)},
+    "adamw": {"proj": ("AdamW", "matrix", 0.1), "experts": ("AdamW", "matrix", 0.1), "router": ("AdamW", "matrix", 0.1),
+              "head": ("AdamW", "head", 0.1), "embed": ("AdamW", "adam", 0.0), "norm": ("AdamW", "adam", 0.0)},
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_placement_per_role(name: str) -> None:
+    model = Tiny()
+    opt = build_optimizer(model, OptimConfig(name=name, lr=0.01))
+    assert _where(opt, model) == EXPECTED[name]
+    for g in opt.param_groups:
+        assert g["base_lr"] == g["lr"] and g["name"]
+    for inner in opt.optimizers:
+        if isinstance(inner, MuonH):
+            assert all(g["sphere"] is (name == "muonh") for g in inner.param_groups)
+    loss = model(torch.tensor([1, 2, 3])).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_router_in_adam_and_lr_scales() -> None:
+    cfg = OptimConfig(lr=0.02, adam_lr=0.004, router_on_sphere=False, muon_adjust_lr="original")
+    groups = {g["name"]: g for g in param_groups(Tiny(), cfg, lr_scale=0.5)}
+    assert groups["sphere"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.01)
+    assert groups["adam"]["lr"] == pytest.approx(0.004)  # absolute (Marin)
+    assert len(groups["adam"]["params"]) == 3  # embed, norm, router
+    same = {g["name"]: g for g in param_groups(Tiny(), OptimConfig(lr=0.02), lr_scale=0.5)}
+    assert same["adam"]["lr"] == pytest.approx(0.01)  # ArchScale: Adam group shares the sphere lr
+
+
+def test_schedule_reaches_inner_groups() -> None:
+    opt = build_optimizer(Tiny(), OptimConfig())
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * 0.5
+    assert all(g["lr"] == 0.5 * g["base_lr"] for inner in opt.optimizers for g in inner.param_groups)
+
+
+def test_undeclared_parameter_raises() -> None:
+    model = Tiny()
+    model.extra = nn.Parameter(torch.randn(3))
+    with pytest.raises(ConfigError, match="extra"):
+        param_groups(model, OptimConfig())
+
+
+def test_expert_role_needs_3d() -> None:
+    model = Tiny()
+    declare(model, proj=Role.EXPERT)
+    with pytest.raises(ConfigError, match="role expert"):
+        param_groups(model, OptimConfig())
+
+
+@pytest.mark.parametrize("name", ["muonh", "adamh", "muon", "adamw"])
+def test_composite_state_dict_round_trip(name: str) -> None:
+    cfg = OptimConfig(name=name, lr=0.01)
+    model = Tiny()
+    opt = build_optimizer(model, cfg)
+    batches = [torch.randint(0, 11, (5,)) for _ in range(6)]
+
+    def run(m: nn.Module, o, bs) -> None:
+        for b in bs:
+            o.zero_grad()
+            m(b).square().mean().backward()
+            o.step()
+
+    run(model, opt, batches[:3])
+    saved = copy.deepcopy(opt.state_dict())
+    clone = copy.deepcopy(model)
+    run(model, opt, batches[3:])
+    fresh = build_optimizer(clone, cfg)
+    fresh.load_state_dict(saved)
+    run(clone, fresh, batches[3:])
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if name == "muonh":
+        assert any(isinstance(o, AdamH) for o in fresh.optimizers)
