@@ -2,14 +2,16 @@
 
 Our residual multiplier has no HF counterpart; because each branch ends in a linear map (``o_proj``, ``down_proj``)
 it is folded into those weights on export and divided out on import, which leaves the logits unchanged.
-SqrtGate and shared-expert MoE models have no transformers class: ``to_hf`` refuses them with a one-line error.
+SqrtGate and shared-expert MoE models have no transformers class: ``to_hf`` refuses them with a one-line error and
+``export_dir`` writes them with their own modeling code (``models/remote``, loaded with ``trust_remote_code=True``).
 
-CLI: ``python -m models.hf export --run RUN_DIR --out HF_DIR``.
+CLI: ``python -m models.hf export --run RUN_DIR --out HF_DIR`` (any model kind, via ``export_dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,10 +39,31 @@ _DENSE_MLP_MAP = {
     "mlp.up_proj.weight": "mlp.up_proj.weight",
     "mlp.down_proj.weight": "mlp.down_proj.weight*",
 }
+_MOE_MAP = {"mlp.router.weight": "mlp.gate.weight", "mlp.experts.w_down": "mlp.experts.down_proj*"}
+_SHARED_MAP = {
+    "mlp.shared_expert.gate_proj.weight": "mlp.shared_expert.gate_proj.weight",
+    "mlp.shared_expert.up_proj.weight": "mlp.shared_expert.up_proj.weight",
+    "mlp.shared_expert.down_proj.weight": "mlp.shared_expert.down_proj.weight*",
+}
+_REMOTE_DIR = Path(__file__).parent / "remote"
+_REMOTE_FILES = ("configuration_hyperp_moe.py", "modeling_hyperp_moe.py")
+_AUTO_MAP = {
+    "AutoConfig": "configuration_hyperp_moe.HyperpMoeConfig",
+    "AutoModelForCausalLM": "modeling_hyperp_moe.HyperpMoeForCausalLM",
+}
 
 
-def hf_config(cfg: ModelConfig):  # -> transformers.PretrainedConfig
-    """The transformers config with the same architecture as ``cfg``."""
+def needs_remote_code(cfg: ModelConfig) -> bool:
+    """True when ``Qwen3MoeForCausalLM`` cannot represent the model (SqrtGate or a shared expert)."""
+    return cfg.moe is not None and (cfg.moe.gate != "softmax" or cfg.moe.shared_expert)
+
+
+def hf_config(cfg: ModelConfig, remote: bool = False):  # -> transformers.PreTrainedConfig
+    """The transformers config with the same architecture as ``cfg``.
+
+    ``remote=True`` gives the ``HyperpMoeConfig`` of the shipped modeling code (any MoE model); otherwise a plain
+    ``Qwen3Config`` / ``Qwen3MoeConfig``, refusing models that need remote code.
+    """
     from transformers import Qwen3Config, Qwen3MoeConfig
 
     common = dict(
@@ -59,11 +82,10 @@ def hf_config(cfg: ModelConfig):  # -> transformers.PretrainedConfig
         hidden_act="silu",
     )
     if cfg.moe is None:
+        if remote:
+            raise ConfigError("remote modeling code is only for MoE models; dense models export as Qwen3ForCausalLM")
         return Qwen3Config(**common, architectures=["Qwen3ForCausalLM"])
-    _check_exportable(cfg)
-    return Qwen3MoeConfig(
-        **common,
-        architectures=["Qwen3MoeForCausalLM"],
+    moe = dict(
         num_experts=cfg.moe.num_experts,
         num_experts_per_tok=cfg.moe.top_k,
         moe_intermediate_size=cfg.moe.expert_hidden,
@@ -72,15 +94,32 @@ def hf_config(cfg: ModelConfig):  # -> transformers.PretrainedConfig
         mlp_only_layers=list(cfg.mlp_only_layers),
         router_aux_loss_coef=cfg.moe.aux_weight,
     )
+    if remote:
+        from models.remote.configuration_hyperp_moe import HyperpMoeConfig
 
-
-def _check_exportable(cfg: ModelConfig) -> None:
-    assert cfg.moe is not None
-    if cfg.moe.gate != "softmax" or cfg.moe.shared_expert:
-        raise ConfigError(
-            "Qwen3MoeForCausalLM has neither SqrtGate nor a shared expert: "
-            f"model.moe.gate={cfg.moe.gate!r}, shared_expert={cfg.moe.shared_expert} cannot be exported to it"
+        return HyperpMoeConfig(
+            **common,
+            **moe,
+            architectures=["HyperpMoeForCausalLM"],
+            auto_map=dict(_AUTO_MAP),
+            moe_gate=cfg.moe.gate,
+            shared_expert_intermediate_size=cfg.moe.shared_hidden if cfg.moe.shared_expert else 0,
+            shared_expert_mix=float(cfg.moe.shared_mix),
         )
+    if needs_remote_code(cfg):
+        raise ConfigError(
+            f"Qwen3MoeForCausalLM has neither SqrtGate nor a shared expert (model.moe.gate={cfg.moe.gate!r}, "
+            f"shared_expert={cfg.moe.shared_expert}): use models.hf.export_dir, which ships its own modeling code"
+        )
+    return Qwen3MoeConfig(**common, **moe, architectures=["Qwen3MoeForCausalLM"])
+
+
+def _layer_table(cfg: ModelConfig, is_moe: bool) -> dict[str, str]:
+    """Our → HF names of one layer's tensors, except the fused expert gate/up (handled by the callers)."""
+    if not is_moe:
+        return {**_LAYER_MAP, **_DENSE_MLP_MAP}
+    assert cfg.moe is not None
+    return {**_LAYER_MAP, **_MOE_MAP, **(_SHARED_MAP if cfg.moe.shared_expert else {})}
 
 
 def _ours_to_hf_state(model: Qwen3) -> dict[str, Tensor]:
@@ -92,16 +131,13 @@ def _ours_to_hf_state(model: Qwen3) -> dict[str, Tensor]:
         out["lm_head.weight"] = ours["lm_head.weight"]
     for i, block in enumerate(model.layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
-        table = dict(_LAYER_MAP) if block.is_moe else {**_LAYER_MAP, **_DENSE_MLP_MAP}
-        for src, dst in table.items():
+        for src, dst in _layer_table(cfg, block.is_moe).items():
             w = ours[p + src]
             out[q + dst.rstrip("*")] = w * mult if dst.endswith("*") else w
-        if block.is_moe:
-            out[q + "mlp.gate.weight"] = ours[p + "mlp.router.weight"]
+        if block.is_moe:  # transformers >= 5 fuses gate and up: (E, 2I, H), gate rows first
             out[q + "mlp.experts.gate_up_proj"] = torch.cat(
                 (ours[p + "mlp.experts.w_gate"], ours[p + "mlp.experts.w_up"]), dim=1
             )
-            out[q + "mlp.experts.down_proj"] = ours[p + "mlp.experts.w_down"] * mult
     return {k: v.detach().clone() for k, v in out.items()}
 
 
@@ -112,23 +148,30 @@ def _hf_to_ours_state(hf_state: dict[str, Tensor], model: Qwen3) -> dict[str, Te
     out["lm_head.weight"] = hf_state["model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"]
     for i, block in enumerate(model.layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
-        table = dict(_LAYER_MAP) if block.is_moe else {**_LAYER_MAP, **_DENSE_MLP_MAP}
-        for dst, src in table.items():
+        for dst, src in _layer_table(cfg, block.is_moe).items():
             w = hf_state[q + src.rstrip("*")]
             out[p + dst] = w / mult if src.endswith("*") else w
         if block.is_moe:
-            out[p + "mlp.router.weight"] = hf_state[q + "mlp.gate.weight"]
             gate_up = hf_state[q + "mlp.experts.gate_up_proj"]
             out[p + "mlp.experts.w_gate"], out[p + "mlp.experts.w_up"] = gate_up.chunk(2, dim=1)
-            out[p + "mlp.experts.w_down"] = hf_state[q + "mlp.experts.down_proj"] / mult
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def to_hf(model: Qwen3):  # -> Qwen3ForCausalLM | Qwen3MoeForCausalLM
-    """A transformers model computing the same logits as ``model`` (fp32, eval mode)."""
+def to_hf(model: Qwen3, remote: bool = False):  # -> Qwen3ForCausalLM | Qwen3MoeForCausalLM | HyperpMoeForCausalLM
+    """A transformers model computing the same logits as ``model`` (fp32, eval mode).
+
+    ``remote=True`` builds the shipped ``HyperpMoeForCausalLM`` (needed for SqrtGate / shared expert); save that
+    with :func:`export_dir` so the directory carries its modeling code.
+    """
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_config(hf_config(model.config), dtype=torch.float32)
+    config = hf_config(model.config, remote=remote)
+    if remote:
+        from models.remote.modeling_hyperp_moe import HyperpMoeForCausalLM
+
+        hf = HyperpMoeForCausalLM(config).float()
+    else:
+        hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = hf.load_state_dict(_ours_to_hf_state(model), strict=False)
     missing = [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
@@ -145,11 +188,15 @@ def config_from_hf(hf_cfg, parameterization: str = "hyperp") -> ModelConfig:
     rope = getattr(hf_cfg, "rope_parameters", None) or {}
     moe = None
     if getattr(hf_cfg, "num_experts", None):
+        shared = int(getattr(hf_cfg, "shared_expert_intermediate_size", 0) or 0)  # HyperpMoeConfig only
         moe = MoEConfig(
             num_experts=hf_cfg.num_experts,
             top_k=hf_cfg.num_experts_per_tok,
             expert_hidden=hf_cfg.moe_intermediate_size,
-            gate="softmax",
+            gate=getattr(hf_cfg, "moe_gate", "softmax"),
+            shared_expert=shared > 0,
+            shared_hidden=shared or None,
+            shared_mix=float(getattr(hf_cfg, "shared_expert_mix", 0.5)),
             aux_weight=float(getattr(hf_cfg, "router_aux_loss_coef", 0.0) or 0.0),
         )
         if not getattr(hf_cfg, "norm_topk_prob", True):
@@ -174,20 +221,35 @@ def config_from_hf(hf_cfg, parameterization: str = "hyperp") -> ModelConfig:
 
 
 def from_hf(hf_model, parameterization: str = "hyperp") -> Qwen3:
-    """Our model with the same logits as a transformers Qwen3 / Qwen3-MoE model."""
+    """Our model with the same logits as a transformers Qwen3 / Qwen3-MoE / shipped HyperpMoe model."""
     cfg = config_from_hf(hf_model.config, parameterization)
     model = Qwen3(cfg)
     model.load_state_dict(_hf_to_ours_state(hf_model.state_dict(), model), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
 
 
+def export_dir(model: Qwen3, out_dir: str | Path) -> Path:
+    """Write ``model`` as a directory ``AutoModelForCausalLM.from_pretrained`` loads offline.
+
+    Dense and standard-gate MoE models become plain ``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM`` checkpoints;
+    SqrtGate / shared-expert models get ``models/remote``'s modeling files copied next to ``config.json``, whose
+    ``auto_map`` points at them (load with ``trust_remote_code=True``).
+    """
+    out = Path(out_dir)
+    remote = needs_remote_code(model.config)
+    to_hf(model, remote=remote).save_pretrained(out)
+    if remote:
+        for name in _REMOTE_FILES:
+            shutil.copyfile(_REMOTE_DIR / name, out / name)
+    return out
+
+
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write a ``save_pretrained`` directory (model + tokenizer) from a training run's latest checkpoint."""
+    """Write an :func:`export_dir` directory (model + tokenizer) from a training run's latest checkpoint."""
     from train.checkpoint import load_model_from_run
 
     model, tokenizer = load_model_from_run(Path(run_dir))
-    out = Path(out_dir)
-    to_hf(model).save_pretrained(out)
+    out = export_dir(model, out_dir)
     if tokenizer is not None:
         tokenizer.save(out)
     return out
