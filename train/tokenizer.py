@@ -53,6 +53,8 @@ class HFTokenizer:
 
     def __init__(self, tok: "tokenizers.Tokenizer", name: str) -> None:  # noqa: F821
         self._tok = tok
+        # Text is data: a literal "<|endoftext|>" inside a document must not become the EOS id.
+        tok.encode_special_tokens = True
         self.name = name
         self.vocab_size = tok.get_vocab_size()
         eos = tok.token_to_id(EOT)
@@ -64,7 +66,8 @@ class HFTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        fast = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # no offsets: ~1.6x faster
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

@@ -30,7 +30,11 @@ ENCODE_CHUNK = 256  # documents per encode_batch call
 
 @dataclass
 class DataConfig:
-    """Where the text comes from, how it is tokenized and cut into training windows."""
+    """Where the text comes from, how it is tokenized and cut into training windows.
+
+    ``path`` overrides ``corpus``; relative ``path``/``cache_dir`` resolve against the working directory.
+    ``doc_separator`` splits text files into documents (``"blank"`` = blank lines, else a literal string).
+    """
 
     corpus: str = "default"
     path: str | None = None
@@ -291,6 +295,9 @@ def prepare(cfg: DataConfig, verify: bool = True) -> PreparedData:
     manifest = read_manifest(directory)
     if manifest is not None and all(manifest.get(k) == v for k, v in identity.items()):
         tok = load_tokenizer(cfg.tokenizer, cache, None, key)
+        if (tok.vocab_size, tok.eos_id) != (manifest.get("vocab_size"), manifest.get("eos_id")):
+            raise DataError(f"tokenizer {cfg.tokenizer} (vocab {tok.vocab_size}, eos {tok.eos_id}) does not match the "
+                            f"token cache {directory / 'manifest.json'}; delete {directory} and re-run")
     else:
         docs, sources = _load_documents(cfg, cache)
         train, val = split_documents(docs, cfg.val_fraction, f"data.path {cfg.path}" if cfg.path else f"corpus {cfg.corpus}")
