@@ -158,3 +158,43 @@ def format_table(rows: Sequence[tuple[Scale, Derived]]) -> str:
             cells.append(f"{v:>13d}" if isinstance(v, int) else f"{v:>13.4g}")
         lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hyperp.transfer --base configs/A.toml --target configs/B.toml [--target …]``.
+
+    Reads run configs (the train package's TOML presets) lazily so that :mod:`hyperp` itself imports torch only.
+    Each config's scale is its model width/depth, ``train.max_steps × batch tokens`` and batch tokens; the base
+    config's ``optim.lr`` is the tuned η₀.
+    """
+    import argparse
+    import sys
+
+    from hyperp.errors import HyperpError
+
+    parser = argparse.ArgumentParser(prog="python -m hyperp.transfer", description="HyperP: derive a target's lr.")
+    parser.add_argument("--base", required=True, help="config of the tuned base model (its optim.lr is η₀)")
+    parser.add_argument("--target", required=True, action="append", help="config(s) to transfer to (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        from train.build import run_scale
+        from train.config import load_config
+
+        base_cfg = load_config(args.base)
+        base = run_scale(base_cfg)
+        rows = [(base, derive(base, base, base_cfg.optim.lr, base_cfg.optim.adam_lr))]
+        for path in args.target:
+            target = run_scale(load_config(path))
+            rows.append((target, derive(base, target, base_cfg.optim.lr, base_cfg.optim.adam_lr)))
+    except HyperpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"base: {args.base} (η₀ = {base_cfg.optim.lr:g}); first row is the base itself")
+    print(format_table(rows))
+    print("init: matrices kaiming_uniform(a=√5) = U(±1/√fan_in); embedding N(0, 1e-4²); lm_head N(0, 0.02²); "
+          "warmup 0; linear decay to 0.1·peak")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
     parser.add_argument("--out", default=None, help="run directory (default runs/<name>)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="checkpoint and exit after N optimizer steps in this invocation (schedule unchanged), "
+                             "e.g. to fit a cluster time slot; continue later with --resume")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     return parser.parse_args(argv)
 
@@ -45,7 +48,9 @@ def run(argv: list[str] | None = None) -> Path:
     if args.resume:
         path = trainer.resume()
         print(f"resumed from {path} (step {trainer.state.step})")
-    state = trainer.fit()
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after={args.stop_after} must be >= 1")
+    state = trainer.fit(None if args.stop_after is None else trainer.state.step + args.stop_after)
     print(f"done: step {state.step}, val loss {trainer.last_val_loss:.4f}, run dir {run_dir}")
     if trainer.stop_reason:
         print(f"stopped early: {trainer.stop_reason}", file=sys.stderr)

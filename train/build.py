@@ -56,14 +56,17 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def run_scale(cfg: RunConfig) -> Scale:
+    """A run's point in the HyperP family: width, depth, training tokens, batch tokens, granularity."""
+    t = cfg.train
+    batch_tokens = float(t.grad_accum * t.batch_size * cfg.data.seq_len)
+    return Scale(width=cfg.model.hidden, depth=cfg.model.n_layers, tokens=batch_tokens * t.max_steps,
+                 batch_tokens=batch_tokens, granularity=cfg.model.moe.top_k if cfg.model.moe else 1)
+
+
 def transfer_scale(cfg: RunConfig) -> float:
     """HyperP lr multiplier from the ``[hyperp]`` base scale to this run's scale (1 when no base is given)."""
-    t = cfg.train
-    target = Scale(width=cfg.model.hidden, depth=cfg.model.n_layers,
-                   tokens=float(t.max_steps * t.grad_accum * t.batch_size * cfg.data.seq_len),
-                   batch_tokens=float(t.grad_accum * t.batch_size * cfg.data.seq_len),
-                   granularity=cfg.model.moe.top_k if cfg.model.moe else 1)
-    h = cfg.hyperp
+    target, h = run_scale(cfg), cfg.hyperp
     base = Scale(width=h.base_width or target.width, depth=h.base_depth or target.depth,
                  tokens=h.base_tokens or target.tokens, batch_tokens=h.base_batch_tokens or target.batch_tokens,
                  granularity=target.granularity)

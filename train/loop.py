@@ -116,11 +116,13 @@ class Trainer:
         return {"val/loss": self.last_val_loss}
 
     # ------------------------------------------------------------------------------------------------ the loop
-    def fit(self) -> TrainState:
+    def fit(self, until_step: int | None = None) -> TrainState:
+        """Train to ``train.max_steps`` (or pause at ``until_step`` with a checkpoint; the schedule is unchanged)."""
+        last = self.cfg.train.max_steps if until_step is None else min(until_step, self.cfg.train.max_steps)
         for cb in self.callbacks:
             cb.on_train_start(self)
         try:
-            while self.state.step < self.cfg.train.max_steps and self.stop_reason is None:
+            while self.state.step < last and self.stop_reason is None:
                 started = time.perf_counter()
                 metrics = self.train_step()
                 step = self.state.step
@@ -131,7 +133,7 @@ class Trainer:
                         cb.on_eval(self, step, val)
                 for cb in self.callbacks:
                     cb.on_step_end(self, step, metrics)
-            if self.stop_reason is not None:
+            if self.stop_reason is not None or self.state.step < self.cfg.train.max_steps:
                 self.save_checkpoint()
         finally:
             for cb in self.callbacks:

@@ -1,4 +1,25 @@
-"""Stability monitors (SPEC §5): collectors, alarms and their callbacks."""
+"""Stability monitors (SPEC §5): collectors, alarms and their callbacks.
+
+Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sphere, matrix, head, adam):
+
+- Z-values: ``monitor/z_logits_mean``, ``monitor/z_logits_max`` (output-logit logsumexp per token),
+  ``monitor/z_router/layer_XX`` (mean LSE² of router logits), ``monitor/z_router_max/layer_XX`` (max LSE),
+  ``monitor/z_attn/layer_XX`` (mean over tokens and heads of LSE² of the causal scaled attention logits),
+  ``monitor/attn_logit_max/layer_XX`` (max q·k/√d, Megatron's QK-clip monitor).
+- Output RMS: ``monitor/rms/attn/layer_XX``, ``monitor/rms/mlp/layer_XX`` (branch outputs after the residual
+  multiplier), ``monitor/rms/layer_XX`` (residual stream after the block), ``monitor/rms/final`` (after the final norm).
+- Outliers, on the residual stream (``resid``) and the MLP/MoE input (``mlp_in``):
+  ``monitor/outlier_frac/{resid,mlp_in}/layer_XX`` (|x| > 6·RMS), ``monitor/max_over_rms/...``,
+  ``monitor/kurtosis/...`` (excess); SPEC's ``monitor/outlier_pct/{attn,mlp}/layer_XX`` (% of |x − μ_tok| > 5σ_tok).
+- Expert load over the window since the last monitor step: ``monitor/expert_load/{max_over_mean,maxvio,cv,dead}/layer_XX``,
+  ``monitor/expert_load/{max_over_mean,maxvio,cv}_mean``, ``monitor/expert_load/dead_total``,
+  ``monitor/expert_tokens/layer_XX/expert_YY``.
+- Optimizer health: ``monitor/grad_norm/G``, ``monitor/weight_norm/G``, ``monitor/update_ratio/G``,
+  ``monitor/sphere_norm_drift``.
+
+Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
+``grad_norm_spike``, ``z_growth``, ``rms_growth``, ``outlier_frac``, ``expert_imbalance``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +33,12 @@ if TYPE_CHECKING:
 
 
 def monitor_callbacks(cfg: MonitorConfig, run_dir: Path) -> list[Callback]:
-    """The callbacks that collect monitors and raise alarms for a run (filled in by the monitors work)."""
-    return []
+    """The monitor/alarm callback of a run. With ``every = 0`` it only watches loss / grad-norm spikes."""
+    from train.monitors.callback import MonitorCallback  # lazy: train.callbacks imports nothing from here
+
+    if cfg.every == 0 and (cfg.spike_window == 0 or cfg.spike_sigma == 0):
+        return []
+    return [MonitorCallback(cfg, run_dir)]
 
 
 __all__ = ["MonitorConfig", "monitor_callbacks"]

@@ -10,9 +10,34 @@ from hyperp.errors import ConfigError
 
 @dataclass
 class MonitorConfig:
+    """When to collect the SPEC §5 monitors and when they raise an alarm.
+
+    Collectors (activation hooks, optimizer health) run on steps with ``step % every == 0``; ``every = 0`` turns
+    them off. The loss / grad-norm spike alarms read the step's metrics and cost nothing, so they stay on unless
+    ``spike_window = 0``. Any threshold set to 0 disables its alarm.
+    """
+
     every: int = 10  # collect monitors every N optimizer steps (0 disables them)
     on_alarm: Literal["warn", "stop"] = "warn"
+    sample_tokens: int = 256  # tokens per layer the activation statistics are computed on (first N of the batch)
+    expert_tokens: bool = True  # also log tokens per expert (layers × experts metrics)
+    # OLMo-core's spike rule: value > mean + spike_sigma·σ of the last spike_window values (loss and grad norm).
+    spike_window: int = 128
+    spike_sigma: float = 6.0
+    spike_min_history: int = 32  # values seen before the spike rule may fire (the first steps fall steeply)
+    z_growth: float = 10.0  # a Z-value (monitor/z_*) above this factor × its first monitored value
+    rms_growth: float = 10.0  # an output RMS (monitor/rms/*) above this factor × its first monitored value
+    outlier_frac: float = 0.01  # fraction of |x| > 6·RMS (monitor/outlier_frac/*); a Gaussian gives 2e-9
+    expert_max_mean: float = 3.0  # tokens of the busiest expert / mean tokens per expert, per MoE layer
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError(f"monitor.every={self.every} must be >= 0")
+        if self.on_alarm not in ("warn", "stop"):
+            raise ConfigError(f"monitor.on_alarm={self.on_alarm!r} must be 'warn' or 'stop'")
+        for name in ("sample_tokens", "spike_window", "spike_min_history"):
+            if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
+                raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
+        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"monitor.{name}={getattr(self, name)} must be >= 0 (0 disables the alarm)")

@@ -1,0 +1,108 @@
+"""The monitor callback: arms the collectors on monitor steps, logs ``monitor/...`` metrics, raises alarms.
+
+Cost model: on a step that is not a monitor step nothing is hooked except the expert-load counter (an on-device
+add per MoE layer), and no value is read back to the host. On a monitor step the statistics are computed as
+tensors and read back with a single ``.tolist()`` in :meth:`on_step_end`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from train.callbacks import Callback, JSONLLogger
+from train.monitors.alarms import Alarm, Alarms
+from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
+from train.monitors.config import MonitorConfig
+
+if TYPE_CHECKING:
+    from train.loop import Trainer
+
+
+class MonitorCallback(Callback):
+    def __init__(self, cfg: MonitorConfig, run_dir: Path | None = None) -> None:
+        self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
+        self.alarms = Alarms(cfg)
+        self.optim = OptimizerHealth()
+        self.activations: ActivationCollector | None = None
+        self.experts: ExpertLoad | None = None
+        self._pending_experts: dict[str, list[float]] = {}
+        self._monitor_step = False
+        self._device = torch.device("cpu")
+        self.events: list[Alarm] = []  # every alarm raised in this process, for tests and summaries
+
+    def is_monitor_step(self, step: int) -> bool:
+        return self.cfg.every > 0 and step % self.cfg.every == 0
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._device = trainer.device
+        if self.cfg.every > 0:
+            self.activations = ActivationCollector(trainer.model, self.cfg.sample_tokens)
+            self.experts = ExpertLoad(trainer.model)
+            if self._pending_experts:
+                self.experts.load_state_dict(self._pending_experts, trainer.device)
+            self.optim.init_reference(trainer.optimizer)
+
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
+        self._monitor_step = self.is_monitor_step(step) and self.activations is not None
+        if self._monitor_step:
+            self.activations.arm()  # removes itself after the first micro-batch's forward
+
+    def on_before_optimizer_step(self, trainer: Trainer, step: int) -> dict[str, float]:
+        if self._monitor_step:
+            self.optim.before_step(trainer.optimizer)
+        return {}
+
+    def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        if self._monitor_step:
+            self._monitor_step = False
+            self.activations.disarm()
+            tensors = self.activations.take()
+            tensors.update(self.optim.after_step(trainer.optimizer))
+            if self.experts is not None and self.experts.active:
+                tensors.update(self.experts.report(self.cfg.expert_tokens))
+            if tensors:
+                names = list(tensors)
+                values = torch.stack([tensors[n].detach().float().reshape(()) for n in names]).tolist()  # one sync
+                metrics.update(zip(names, values, strict=True))
+        for alarm in self.alarms.check(step, metrics):
+            self._raise(trainer, alarm)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.activations is not None:
+            self.activations.disarm()
+        if self.experts is not None:
+            self.experts.close()
+
+    # ------------------------------------------------------------------------------------------------ alarms
+    def _raise(self, trainer: Trainer, alarm: Alarm) -> None:
+        self.events.append(alarm)
+        print(alarm.message(), file=sys.stderr, flush=True)
+        logger = next((cb for cb in trainer.callbacks if isinstance(cb, JSONLLogger)), None)
+        if logger is not None:
+            logger.write(alarm.record())
+        elif self.run_dir is not None:
+            import json
+
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(alarm.record()) + "\n")
+        if self.cfg.on_alarm == "stop":
+            trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
+                                 f"> {alarm.threshold:.4g} at step {alarm.step}")
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        experts = self.experts.state_dict() if self.experts is not None else dict(self._pending_experts)
+        return {"alarms": self.alarms.state_dict(), "sphere_reference": self.optim.reference, "expert_window": experts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.alarms.load_state_dict(state.get("alarms", {}))
+        if state.get("sphere_reference") is not None:
+            self.optim.reference = state["sphere_reference"]
+        self._pending_experts = dict(state.get("expert_window", {}))
+        if self.experts is not None:
+            self.experts.load_state_dict(self._pending_experts, self._device)

@@ -1,0 +1,243 @@
+"""Collectors: forward hooks armed on monitor steps, a sync-free expert-load window, optimizer health.
+
+Each collector fills ``{metric name: 0-dim tensor}``; nothing here reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from train.monitors import stats as S
+
+
+def layer_name(i: int) -> str:
+    return f"layer_{i:02d}"
+
+
+def _tokens(x: Tensor, n: int) -> Tensor:
+    """The first ``n`` tokens of a (..., hidden) activation as (n, hidden), detached."""
+    return x.detach().reshape(-1, x.shape[-1])[:n]
+
+
+class ActivationCollector:
+    """Forward hooks on the attention/MLP branches, blocks, final norm and head of a :class:`models.qwen3.Qwen3`.
+
+    :meth:`arm` registers them; they record one forward pass (the first micro-batch of a monitor step) and
+    remove themselves when the model's forward returns, so other steps and micro-batches run hook-free.
+    """
+
+    def __init__(self, model: nn.Module, sample_tokens: int = 256) -> None:
+        self.model, self.sample = model, sample_tokens
+        self.stats: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        self.disarm()
+        self.stats = {}
+        m = self.model
+        for i, block in enumerate(m.layers):
+            tag = layer_name(i)
+            mult = float(block.residual_multiplier)
+            self._handles += [
+                block.attn.register_forward_hook(self._attn_hook(tag, mult)),
+                block.mlp.register_forward_hook(self._mlp_hook(tag, mult)),
+                block.register_forward_hook(self._block_hook(tag)),
+            ]
+        self._handles += [
+            m.norm.register_forward_hook(self._final_hook),
+            m.lm_head.register_forward_hook(self._head_hook),
+            m.register_forward_hook(lambda *_: self.disarm()),
+        ]
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def take(self) -> dict[str, Tensor]:
+        out, self.stats = self.stats, {}
+        return out
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _attn_hook(self, tag: str, mult: float):
+        @torch.no_grad()
+        def hook(attn: nn.Module, args: tuple, output: Tensor) -> None:
+            x = args[0].detach()
+            out = output.detach() * mult
+            self.stats[f"monitor/rms/attn/{tag}"] = S.rms(out)
+            self.stats[f"monitor/outlier_pct/attn/{tag}"] = S.token_outlier_pct(_tokens(out, self.sample))
+            # Whole sequences (keys need their prefix): ⌊sample/T⌋ of them, at least one; queries = the last
+            # min(T, sample) positions, so the cost stays O(sample·T) for long sequences.
+            b, t = x.shape[0], x.shape[1]
+            seqs = x[: min(b, max(1, self.sample // t))]
+            q, k = attn.queries_keys(seqs)
+            z, top = S.attention_logit_stats(q[..., t - min(t, self.sample):, :], k)
+            self.stats[f"monitor/z_attn/{tag}"] = z
+            self.stats[f"monitor/attn_logit_max/{tag}"] = top
+        return hook
+
+    def _mlp_hook(self, tag: str, mult: float):
+        @torch.no_grad()
+        def hook(mlp: nn.Module, args: tuple, output: Any) -> None:
+            routing = None
+            if isinstance(output, tuple):
+                output, routing = output
+            out = output.detach() * mult
+            self.stats[f"monitor/rms/mlp/{tag}"] = S.rms(out)
+            self.stats[f"monitor/outlier_pct/mlp/{tag}"] = S.token_outlier_pct(_tokens(out, self.sample))
+            for k, v in S.activation_outliers(_tokens(args[0], self.sample)).items():
+                self.stats[f"monitor/{k}/mlp_in/{tag}"] = v
+            if routing is not None:
+                _, z, top = S.logsumexp_stats(routing.logits.detach())
+                self.stats[f"monitor/z_router/{tag}"] = z
+                self.stats[f"monitor/z_router_max/{tag}"] = top
+        return hook
+
+    def _block_hook(self, tag: str):
+        @torch.no_grad()
+        def hook(block: nn.Module, args: tuple, output: tuple) -> None:
+            h = output[0].detach()
+            self.stats[f"monitor/rms/{tag}"] = S.rms(h)
+            for k, v in S.activation_outliers(_tokens(h, self.sample)).items():
+                self.stats[f"monitor/{k}/resid/{tag}"] = v
+        return hook
+
+    @torch.no_grad()
+    def _final_hook(self, norm: nn.Module, args: tuple, output: Tensor) -> None:
+        self.stats["monitor/rms/final"] = S.rms(output.detach())
+
+    @torch.no_grad()
+    def _head_hook(self, head: nn.Module, args: tuple, output: Tensor) -> None:
+        mean, _, top = S.logsumexp_stats(_tokens(output, self.sample))
+        self.stats["monitor/z_logits_mean"] = mean
+        self.stats["monitor/z_logits_max"] = top
+
+
+class ExpertLoad:
+    """Token-slot counts per MoE layer summed on device over the window since the last report.
+
+    One permanent hook per MoE block adds ``RoutingStats.counts`` (already computed by the router) during
+    training forwards only: an on-device add, no host sync.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.window: dict[int, Tensor] = {}
+        self._handles = [block.mlp.register_forward_hook(self._hook(i))
+                         for i, block in enumerate(model.layers) if getattr(block, "is_moe", False)]
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def _hook(self, i: int):
+        def hook(mlp: nn.Module, args: tuple, output: tuple) -> None:
+            if mlp.training:
+                counts = output[1].counts.detach().float()
+                self.window[i] = self.window[i] + counts if i in self.window else counts.clone()
+        return hook
+
+    def report(self, per_expert: bool = True) -> dict[str, Tensor]:
+        """Balance statistics of the window (then emptied); means over MoE layers and the total of dead experts."""
+        out: dict[str, Tensor] = {}
+        per_layer: dict[str, list[Tensor]] = defaultdict(list)
+        for i, counts in sorted(self.window.items()):
+            tag = layer_name(i)
+            for k, v in S.expert_load(counts).items():
+                out[f"monitor/expert_load/{k}/{tag}"] = v
+                per_layer[k].append(v)
+            if per_expert:
+                for e in range(counts.shape[0]):
+                    out[f"monitor/expert_tokens/{tag}/expert_{e:02d}"] = counts[e]
+        for k, vals in per_layer.items():
+            stacked = torch.stack(vals)
+            out[f"monitor/expert_load/{k}_{'total' if k == 'dead' else 'mean'}"] = (
+                stacked.sum() if k == "dead" else stacked.mean())
+        self.window = {}
+        return out
+
+    def state_dict(self) -> dict[int, list[float]]:
+        return {i: c.tolist() for i, c in self.window.items()}
+
+    def load_state_dict(self, state: dict[int, list[float]], device: torch.device) -> None:
+        self.window = {int(i): torch.tensor(c, dtype=torch.float32, device=device) for i, c in state.items()}
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _group_params(optimizer: Any) -> dict[str, list[Tensor]]:
+    groups: dict[str, list[Tensor]] = defaultdict(list)
+    for i, g in enumerate(optimizer.param_groups):
+        groups[g.get("name", f"group{i}")].extend(g["params"])
+    return groups
+
+
+def _sq_sum(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([t.detach().float().square().sum() for t in tensors]).sum()
+
+
+def _matrix_norms(p: Tensor, mode: str) -> Tensor:
+    """Per-matrix Frobenius norms as the sphere retraction keeps them (per expert for 3-D unless ``joint``)."""
+    dims = tuple(range(p.ndim)) if (mode == "joint" or p.ndim < 2) else (-2, -1)
+    return torch.linalg.vector_norm(p.detach(), dim=dims, dtype=torch.float32).reshape(-1)
+
+
+class OptimizerHealth:
+    """Grad / weight norms per param group before the step, update/weight ratio and sphere norm drift after it."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Tensor] = {}
+        self._before: dict[str, list[Tensor]] = {}
+        self.reference: list[list[float]] | None = None  # per-matrix norms of the sphere params at the start
+        self._ref_tensors: list[Tensor] | None = None
+
+    @staticmethod
+    def _sphere(optimizer: Any) -> list[tuple[Tensor, str]]:
+        return [(p, g.get("expert_sphere", "per_expert")) for g in optimizer.param_groups
+                if g.get("name") == "sphere" for p in g["params"]]
+
+    def init_reference(self, optimizer: Any) -> None:
+        if self.reference is None:
+            self.reference = [_matrix_norms(p, mode).tolist() for p, mode in self._sphere(optimizer)]
+        self._ref_tensors = None
+
+    @torch.no_grad()
+    def before_step(self, optimizer: Any) -> None:
+        self.stats, self._before = {}, {}
+        for name, params in _group_params(optimizer).items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                self.stats[f"monitor/grad_norm/{name}"] = _sq_sum(grads).sqrt()
+            self.stats[f"monitor/weight_norm/{name}"] = _sq_sum(params).sqrt()
+            self._before[name] = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def after_step(self, optimizer: Any) -> dict[str, Tensor]:
+        if self._before:
+            for name, params in _group_params(optimizer).items():
+                old = self._before.get(name)
+                if old is None:
+                    continue
+                delta = _sq_sum([p.detach() - o for p, o in zip(params, old, strict=True)]).sqrt()
+                self.stats[f"monitor/update_ratio/{name}"] = delta / _sq_sum(old).sqrt().clamp_min(1e-30)
+            self._before = {}
+        sphere = self._sphere(optimizer)
+        if sphere and self.reference is not None and len(self.reference) == len(sphere):
+            if self._ref_tensors is None:
+                self._ref_tensors = [torch.tensor(r, dtype=torch.float32, device=p.device)
+                                     for (p, _), r in zip(sphere, self.reference, strict=True)]
+            drift = [(_matrix_norms(p, mode) / ref - 1.0).abs().max()
+                     for (p, mode), ref in zip(sphere, self._ref_tensors, strict=True)]
+            self.stats["monitor/sphere_norm_drift"] = torch.stack(drift).max()
+        out, self.stats = self.stats, {}
+        return out
