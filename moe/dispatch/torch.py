@@ -1,11 +1,20 @@
 """Dropless grouped-GEMM dispatch in plain PyTorch: the CPU default (SPEC §4).
 
-Token-slots are sorted by expert (stable argsort), gathered once, and each of the three SwiGLU projections runs as
-one grouped matrix multiply (``torch.nn.functional.grouped_mm``, offsets = int32 cumsum of the per-expert counts,
-kept on device). The gate weight is applied to the (S, I) activation before ``w_down`` rather than to the (S, H)
-output (same result, w_down is linear, half the memory traffic when I < H), and results are scattered back with
-``index_add_``. Forward and backward are written out in one autograd Function: autograd through advanced indexing
-(``x[token]`` → ``index_put_`` with accumulate) costs more than the matmuls' difference to a dense layer on CPU.
+Token-slots are sorted by expert (stable argsort) and gathered once; each of the three SwiGLU projections (and
+each weight gradient) is then one batched matrix multiply over experts, in one of two layouts:
+
+* ``_Grouped``: slots packed back to back, ``torch.nn.functional.grouped_mm`` with offsets = int32 cumsum of the
+  per-expert counts, kept on device (no host sync). Used on accelerators, and on CPU when routing is imbalanced.
+* ``_Padded``: each expert's slots padded to the largest count C and run as one ``torch.bmm`` over (E, C, ·).
+  Used on CPU when padding wastes ≤ 25 % (E·C ≤ 1.25·S, one ``.item()``, free on CPU). Reason, measured on
+  2 cores: CPU grouped_mm is a loop of E separate multithreaded GEMMs, each ending in a thread barrier; when
+  other processes share the cores each barrier waits for a descheduled thread and grouped_mm became 4–10× slower
+  than one dense GEMM of the same FLOPs, while bmm (parallel over experts) stayed at the dense speed.
+
+The gate weight is applied to the (S, I) activation before ``w_down`` rather than to the (S, H) output (same result
+since w_down is linear; less memory traffic when I < H). Forward and backward are written out in one autograd
+Function with in-place elementwise ops: autograd through advanced indexing (``index_put_`` with accumulate) and
+fresh (S, ·) temporaries (page faults) cost more on CPU than the matmuls' gap to a dense layer.
 
 grouped_mm needs fp32/bf16/fp16 operands whose strides are multiples of 16 bytes; anything else (fp64, odd
 sizes, a device whose kernel refuses) goes through a per-expert loop over host-side counts, same maths.
@@ -20,25 +29,12 @@ from torch import Tensor
 from moe.experts import Experts
 
 _GMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PAD_LIMIT = 1.25  # use the padded bmm layout on CPU while E·C ≤ PAD_LIMIT·S
+FORCE_LAYOUT: str | None = None  # "grouped" | "padded": tests pin a layout; None chooses per call
 
 
 def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts) -> Tensor:
     return _GroupedSwiGLU.apply(x, weights, experts.w_gate, experts.w_up, experts.w_down, indices)
-
-
-class _Groups:
-    """Expert segments of the sorted token-slots: device offsets for grouped_mm, host bounds only on fallback."""
-
-    def __init__(self, counts: Tensor) -> None:
-        self.counts = counts
-        self.offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        self._bounds: list[tuple[int, int]] | None = None
-
-    def bounds(self) -> list[tuple[int, int]]:
-        if self._bounds is None:  # one host sync, only on the fallback path
-            ends = self.offs.tolist()
-            self._bounds = list(zip([0, *ends[:-1]], ends))
-        return self._bounds
 
 
 def _gmm_ok(*tensors: Tensor) -> bool:
@@ -52,78 +48,137 @@ def _gmm_ok(*tensors: Tensor) -> bool:
     return True
 
 
-def rows_mm(a: Tensor, w: Tensor, groups: _Groups) -> Tensor:
-    """out[s] = a[s] @ w[e(s)] for a (S, K) sorted by expert, w (E, K, M) (views allowed) → (S, M)."""
-    if _gmm_ok(a, w):
-        try:
-            return F.grouped_mm(a, w, offs=groups.offs)
-        except RuntimeError:
-            pass
-    out = a.new_empty(a.shape[0], w.shape[-1])
-    for e, (start, end) in enumerate(groups.bounds()):
-        if end > start:
-            torch.mm(a[start:end], w[e], out=out[start:end])
-    return out
+class _Grouped:
+    """Packed layout: row s of every (S, ·) buffer is sorted slot s; segments delimited by device offsets."""
+
+    def __init__(self, counts: Tensor) -> None:
+        self.counts = counts
+        self.offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        self._bounds: list[tuple[int, int]] | None = None
+
+    def bounds(self) -> list[tuple[int, int]]:
+        if self._bounds is None:  # one host sync, only on the fallback path
+            ends = self.offs.tolist()
+            self._bounds = list(zip([0, *ends[:-1]], ends))
+        return self._bounds
+
+    def scatter_in(self, rows: Tensor) -> Tensor:
+        return rows
+
+    def gather_out(self, buf: Tensor) -> Tensor:
+        return buf
+
+    def rows_mm(self, a: Tensor, w: Tensor) -> Tensor:
+        """out[s] = a[s] @ w[e(s)], a (S, K), w (E, K, M) (views allowed) → (S, M)."""
+        if _gmm_ok(a, w):
+            try:
+                return F.grouped_mm(a, w, offs=self.offs)
+            except RuntimeError:
+                pass
+        out = a.new_empty(a.shape[0], w.shape[-1])
+        for e, (start, end) in enumerate(self.bounds()):
+            if end > start:
+                torch.mm(a[start:end], w[e], out=out[start:end])
+        return out
+
+    def outer_mm(self, a: Tensor, b: Tensor) -> Tensor:
+        """out[e] = a_eᵀ @ b_e over each expert's rows, a (S, M), b (S, N) → (E, M, N): weight gradients."""
+        if _gmm_ok(a.t(), b):
+            try:
+                return F.grouped_mm(a.t(), b, offs=self.offs)
+            except RuntimeError:
+                pass
+        out = a.new_zeros(self.counts.shape[0], a.shape[1], b.shape[1])
+        for e, (start, end) in enumerate(self.bounds()):
+            if end > start:
+                torch.mm(a[start:end].t(), b[start:end], out=out[e])
+        return out
 
 
-def outer_mm(a: Tensor, b: Tensor, groups: _Groups) -> Tensor:
-    """out[e] = a_eᵀ @ b_e over each expert's rows, a (S, M), b (S, N) → (E, M, N): the weight gradients."""
-    if _gmm_ok(a.t(), b):
-        try:
-            return F.grouped_mm(a.t(), b, offs=groups.offs)
-        except RuntimeError:
-            pass
-    out = a.new_zeros(groups.counts.shape[0], a.shape[1], b.shape[1])
-    for e, (start, end) in enumerate(groups.bounds()):
-        if end > start:
-            torch.mm(a[start:end].t(), b[start:end], out=out[e])
-    return out
+class _Padded:
+    """Padded layout: buffers are (E·C, ·); sorted slot s lives at row dest[s]; padding rows stay zero."""
+
+    def __init__(self, expert_of_slot: Tensor, counts: Tensor, capacity: int) -> None:
+        self.num_experts, self.capacity = counts.shape[0], capacity
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(expert_of_slot.shape[0], device=counts.device) - starts[expert_of_slot]
+        self.dest = expert_of_slot * capacity + rank
+
+    def scatter_in(self, rows: Tensor) -> Tensor:
+        buf = rows.new_zeros(self.num_experts * self.capacity, *rows.shape[1:])
+        return buf.index_copy_(0, self.dest, rows)
+
+    def gather_out(self, buf: Tensor) -> Tensor:
+        return buf.index_select(0, self.dest)
+
+    def _3d(self, t: Tensor) -> Tensor:
+        return t.view(self.num_experts, self.capacity, t.shape[-1])
+
+    def rows_mm(self, a: Tensor, w: Tensor) -> Tensor:
+        return torch.bmm(self._3d(a), w).view(-1, w.shape[-1])
+
+    def outer_mm(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.bmm(self._3d(a).transpose(1, 2), self._3d(b))
 
 
-def _sort(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, _Groups]:
+def _layout(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, _Grouped | _Padded]:
     flat = indices.reshape(-1)
     order = torch.argsort(flat, stable=True)  # slot ids grouped by expert, token order kept inside a group
     token = torch.div(order, indices.shape[1], rounding_mode="floor")
-    return order, token, _Groups(torch.bincount(flat, minlength=num_experts))
+    counts = torch.bincount(flat, minlength=num_experts)
+    choice = FORCE_LAYOUT
+    if choice is None:
+        choice = "grouped"
+        if indices.device.type == "cpu" and flat.numel():
+            capacity = int(counts.max())
+            if num_experts * capacity <= PAD_LIMIT * flat.numel():
+                choice = "padded"
+    if choice == "padded":
+        return order, token, _Padded(flat.index_select(0, order), counts, max(int(counts.max()), 1))
+    return order, token, _Grouped(counts)
 
 
 class _GroupedSwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weights, w_gate, w_up, w_down, indices):  # type: ignore[override]
-        order, token, groups = _sort(indices, w_gate.shape[0])
-        xs = x.index_select(0, token)
-        ws = weights.reshape(-1).index_select(0, order).to(x.dtype).unsqueeze(-1)
-        h_gate = rows_mm(xs, w_gate.transpose(1, 2), groups)
-        h_up = rows_mm(xs, w_up.transpose(1, 2), groups)
-        y = rows_mm(F.silu(h_gate) * h_up * ws, w_down.transpose(1, 2), groups)
+        order, token, lay = _layout(indices, w_gate.shape[0])
+        xs = lay.scatter_in(x.index_select(0, token))
+        ws = lay.scatter_in(weights.reshape(-1).index_select(0, order).to(x.dtype).unsqueeze(-1))
+        h_gate = lay.rows_mm(xs, w_gate.transpose(1, 2))
+        h_up = lay.rows_mm(xs, w_up.transpose(1, 2))
+        act = F.silu(h_gate).mul_(h_up).mul_(ws)  # in place: every fresh (S, ·) buffer costs page faults on CPU
+        y = lay.gather_out(lay.rows_mm(act, w_down.transpose(1, 2)))
         out = x.new_zeros(x.shape).index_add_(0, token, y)
         ctx.save_for_backward(xs, ws, h_gate, h_up, w_gate, w_up, w_down, order, token)
-        ctx.groups = groups
+        ctx.lay = lay
         ctx.weights_shape, ctx.weights_dtype = weights.shape, weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         xs, ws, h_gate, h_up, w_gate, w_up, w_down, order, token = ctx.saved_tensors
-        groups: _Groups = ctx.groups
+        lay = ctx.lay
         need_x, need_wt, need_g, need_u, need_d, _ = ctx.needs_input_grad
-        grad_y = grad_out.contiguous().index_select(0, token)  # (S, H)
-        sig = torch.sigmoid(h_gate)
-        act = h_gate * sig * h_up
-        grad_act = rows_mm(grad_y, w_down, groups)  # (S, I), before the gate weight
-        grad_w_down = outer_mm(grad_y, act * ws, groups) if need_d else None
+        grad_y = lay.scatter_in(grad_out.contiguous().index_select(0, token))  # (S, H)
+        silu_gate = F.silu(h_gate)
+        act = silu_gate * h_up  # (S, I), before the gate weight
+        grad_act = lay.rows_mm(grad_y, w_down)  # (S, I), before the gate weight
         grad_weights = None
         if need_wt:
-            grad_ws = (grad_act * act).sum(-1).to(ctx.weights_dtype)
+            grad_ws = lay.gather_out((grad_act * act).sum(-1)).to(ctx.weights_dtype)
             flat = grad_ws.new_zeros(order.shape[0]).index_copy_(0, order, grad_ws)
             grad_weights = flat.view(ctx.weights_shape)
-        grad_act = grad_act * ws
-        grad_up = grad_act * h_gate * sig
-        grad_gate = grad_act * h_up * sig * (1 + h_gate * (1 - sig))
-        grad_w_gate = outer_mm(grad_gate, xs, groups) if need_g else None
-        grad_w_up = outer_mm(grad_up, xs, groups) if need_u else None
+        grad_w_down = lay.outer_mm(grad_y, act.mul_(ws)) if need_d else None
+        del act
+        grad_act.mul_(ws)
+        grad_up = grad_act * silu_gate
+        del silu_gate
+        grad_gate = torch.ops.aten.silu_backward(grad_act.mul_(h_up), h_gate)
+        del grad_act
+        grad_w_gate = lay.outer_mm(grad_gate, xs) if need_g else None
+        grad_w_up = lay.outer_mm(grad_up, xs) if need_u else None
         grad_x = None
         if need_x:
-            grad_xs = rows_mm(grad_gate, w_gate, groups) + rows_mm(grad_up, w_up, groups)
-            grad_x = grad_xs.new_zeros(grad_out.shape).index_add_(0, token, grad_xs)
+            grad_xs = lay.rows_mm(grad_gate, w_gate).add_(lay.rows_mm(grad_up, w_up))
+            grad_x = grad_xs.new_zeros(grad_out.shape).index_add_(0, token, lay.gather_out(grad_xs))
         return grad_x, grad_weights, grad_w_gate, grad_w_up, grad_w_down, None

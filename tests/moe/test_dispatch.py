@@ -13,6 +13,15 @@ from moe.experts import Experts
 CPU_BACKENDS = ["loop", "torch"]
 
 
+@pytest.fixture(params=["grouped", "padded"])
+def layout(request, monkeypatch):
+    """Pin the torch backend's layout (grouped_mm vs padded bmm) so both code paths are compared."""
+    import moe.dispatch.torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "FORCE_LAYOUT", request.param)
+    return request.param
+
+
 def per_token_reference(x, indices, weights, experts):
     """Σ_j w_j · Expert_{i_j}(x) computed token by token, no sorting, no grouping."""
     rows = []
@@ -48,7 +57,7 @@ def _grads(backend, x, indices, weights, experts):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("shape", [dict(), dict(n=1, k=1), dict(h=13, i=7, e=5, k=2), dict(n=64, e=16, k=4, i=12)])
-def test_backend_matches_per_token_reference(backend, shape):
+def test_backend_matches_per_token_reference(backend, shape, layout):
     x, indices, weights, experts = _problem(**shape)
     out = get_dispatch(backend)(x, indices, weights, experts)
     with torch.no_grad():
@@ -57,7 +66,7 @@ def test_backend_matches_per_token_reference(backend, shape):
 
 
 @pytest.mark.parametrize("shape", [dict(), dict(h=13, i=7, e=5, k=2), dict(n=200, h=32, e=8, k=4, i=16)])
-def test_torch_backend_gradients_match_loop(shape):
+def test_torch_backend_gradients_match_loop(shape, layout):
     x, indices, weights, experts = _problem(**shape)
     out_l, grads_l = _grads("loop", x, indices, weights, experts)
     out_t, grads_t = _grads("torch", x, indices, weights, experts)
@@ -66,8 +75,8 @@ def test_torch_backend_gradients_match_loop(shape):
         torch.testing.assert_close(gt, gl, atol=1e-5, rtol=1e-5, msg=f"grad of {name}")
 
 
-def test_torch_backend_gradcheck_float64():
-    """fp64 goes through the per-expert fallback; gradcheck the hand-written backward there."""
+def test_torch_backend_gradcheck_float64(layout):
+    """gradcheck the hand-written backward in fp64 (grouped layout: the per-expert fallback loop)."""
     x, indices, weights, experts = _problem(n=9, h=5, e=4, k=2, i=3, dtype=torch.float64)
     x.requires_grad_()
     weights.requires_grad_()
@@ -82,7 +91,7 @@ def test_torch_backend_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (x, weights, *params))
 
 
-def test_torch_backend_empty_experts_and_all_on_one():
+def test_torch_backend_empty_experts_and_all_on_one(layout):
     """Dropless with empty experts and with every token on the same expert (no capacity, nothing dropped)."""
     x, _, weights, experts = _problem(n=50, e=8, k=1)
     indices = torch.full((50, 1), 5)
@@ -122,7 +131,7 @@ def test_block_backends_agree_outputs_and_all_gradients(gate, shared):
         torch.testing.assert_close(gp_t[name], gp_l[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_torch_backend_bf16_runs_and_is_close():
+def test_torch_backend_bf16_runs_and_is_close(layout):
     x, indices, weights, experts = _problem(n=64, h=16, e=4, k=2, i=8)
     ref = get_dispatch("torch")(x, indices, weights, experts)
     out = get_dispatch("torch")(x.bfloat16(), indices, weights.bfloat16(), experts.bfloat16())
@@ -154,3 +163,13 @@ def test_megablocks_matches_torch_backend_on_cuda():
     torch.testing.assert_close(out_m.float(), out_t.float(), atol=3e-2, rtol=3e-2)
     for gm, gt in zip(grads_m, grads_t):
         torch.testing.assert_close(gm.float(), gt.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_layout_choice_pads_only_balanced_cpu_routing():
+    import moe.dispatch.torch as torch_backend
+
+    balanced = torch.arange(64).remainder(8).view(32, 2)
+    skewed = torch.zeros(32, 2, dtype=torch.long)
+    skewed[:, 1] = 1
+    assert isinstance(torch_backend._layout(balanced, 8)[2], torch_backend._Padded)
+    assert isinstance(torch_backend._layout(skewed, 8)[2], torch_backend._Grouped)
