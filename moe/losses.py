@@ -50,14 +50,17 @@ class GlobalBalance:
     micro-batches 1..m (all ranks). The last micro-batch's gradient is exact; earlier ones use a partial f — the
     same practice as Megatron-LM's global-batch load balancing. P stays local per rank: with equal tokens per rank,
     DDP's mean of gradients equals the gradient of the globally averaged P, so it need not be all-reduced
-    differentiably (ArchScale all-reduces P with a differentiable all_reduce; same value, see :meth:`value`).
+    differentiably. By default (``all_reduce_probs``) it is anyway, as ArchScale does, with
+    ``torch.distributed.nn.functional.all_reduce``: the gradient is the same (the all-reduce's backward sums the
+    ranks' output gradients, DDP then averages), and every rank's returned loss is the global-batch value.
     The training loop scales each micro-batch's loss by its share of the step, as it does for the CE loss.
 
     :meth:`value` is the exact step-level loss E·Σ f_step·P̄_step (P̄ the token-weighted mean of the micro-batch
     P's, detached): what the concatenated global batch would give, the number to log.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, all_reduce_probs: bool = True) -> None:
+        self.all_reduce_probs = all_reduce_probs
         self.reset()
 
     def reset(self) -> None:
@@ -72,11 +75,14 @@ class GlobalBalance:
         if not stats_list:
             return torch.zeros(())
         counts = torch.stack([s.counts.detach().float() for s in stats_list])  # one collective for all layers
+        probs = torch.stack([s.prob_mean for s in stats_list])
+        tokens = stats_list[0].num_tokens
+        global_probs = probs
         if _use_dist(process_group):
             dist.all_reduce(counts, group=process_group)
             self._distributed, self._group = True, process_group
-        probs = torch.stack([s.prob_mean for s in stats_list])
-        tokens = stats_list[0].num_tokens
+            if self.all_reduce_probs:
+                global_probs = _global_mean(probs, tokens, process_group)
         if self._counts is None:
             self._counts = counts
             self._prob_sum = probs.detach().float() * tokens
@@ -87,7 +93,7 @@ class GlobalBalance:
             self._counts = self._counts + counts
             self._prob_sum = self._prob_sum + probs.detach().float() * tokens
         self._tokens += tokens
-        return switch_aux(self._counts, probs).sum()
+        return switch_aux(self._counts, global_probs).sum()
 
     def value(self) -> Tensor:
         """Exact step-level global switch loss Σ_layers E·Σ f_step·P̄_step (detached; all ranks' P when distributed)."""
@@ -104,6 +110,15 @@ class GlobalBalance:
     def counts(self) -> Tensor | None:
         """(layers, E) token-slot counts of the step so far, all ranks: MaxVio and dead-expert monitors read them."""
         return self._counts
+
+
+def _global_mean(probs: Tensor, tokens: int, group: dist.ProcessGroup | None) -> Tensor:
+    """Token-weighted mean of every rank's P, differentiable (one collective for P and the token count)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    n = torch.full((probs.shape[0], 1), float(tokens), dtype=probs.dtype, device=probs.device)
+    summed = all_reduce(torch.cat([probs * tokens, n], dim=1), group=group or dist.group.WORLD)
+    return summed[:, :-1] / summed[:, -1:]
 
 
 def _use_dist(process_group: dist.ProcessGroup | None) -> bool:

@@ -51,7 +51,10 @@ def _gmm_ok(*tensors: Tensor) -> bool:
 class _Grouped:
     """Packed layout: row s of every (S, ·) buffer is sorted slot s; segments delimited by device offsets."""
 
-    def __init__(self, counts: Tensor) -> None:
+    padded = False
+
+    def __init__(self, order: Tensor, token: Tensor, counts: Tensor) -> None:
+        self.src, self.slot = token, order  # buffer row → token row, → routing slot
         self.counts = counts
         self.offs = torch.cumsum(counts, 0, dtype=torch.int32)
         self._bounds: list[tuple[int, int]] | None = None
@@ -61,12 +64,6 @@ class _Grouped:
             ends = self.offs.tolist()
             self._bounds = list(zip([0, *ends[:-1]], ends))
         return self._bounds
-
-    def scatter_in(self, rows: Tensor) -> Tensor:
-        return rows
-
-    def gather_out(self, buf: Tensor) -> Tensor:
-        return buf
 
     def rows_mm(self, a: Tensor, w: Tensor) -> Tensor:
         """out[s] = a[s] @ w[e(s)], a (S, K), w (E, K, M) (views allowed) → (S, M)."""
@@ -96,20 +93,20 @@ class _Grouped:
 
 
 class _Padded:
-    """Padded layout: buffers are (E·C, ·); sorted slot s lives at row dest[s]; padding rows stay zero."""
+    """Padded layout: buffers are (E·C, ·), expert e's slots in rows [e·C, e·C + count_e); the padding rows read a
+    zero sentinel row appended to the source and write to a sentinel row that is dropped."""
 
-    def __init__(self, expert_of_slot: Tensor, counts: Tensor, capacity: int) -> None:
-        self.num_experts, self.capacity = counts.shape[0], capacity
+    padded = True
+
+    def __init__(self, order: Tensor, token: Tensor, counts: Tensor, num_tokens: int) -> None:
+        self.num_experts, self.capacity = counts.shape[0], max(int(counts.max()), 1)
+        expert_of_slot = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
         starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(expert_of_slot.shape[0], device=counts.device) - starts[expert_of_slot]
-        self.dest = expert_of_slot * capacity + rank
-
-    def scatter_in(self, rows: Tensor) -> Tensor:
-        buf = rows.new_zeros(self.num_experts * self.capacity, *rows.shape[1:])
-        return buf.index_copy_(0, self.dest, rows)
-
-    def gather_out(self, buf: Tensor) -> Tensor:
-        return buf.index_select(0, self.dest)
+        dest = expert_of_slot * self.capacity + torch.arange(order.shape[0], device=counts.device)
+        dest -= starts[expert_of_slot]
+        rows = self.num_experts * self.capacity
+        self.src = token.new_full((rows,), num_tokens).index_copy_(0, dest, token)
+        self.slot = order.new_full((rows,), order.shape[0]).index_copy_(0, dest, order)
 
     def _3d(self, t: Tensor) -> Tensor:
         return t.view(self.num_experts, self.capacity, t.shape[-1])
@@ -121,7 +118,7 @@ class _Padded:
         return torch.bmm(self._3d(a).transpose(1, 2), self._3d(b))
 
 
-def _layout(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, _Grouped | _Padded]:
+def _layout(indices: Tensor, num_experts: int) -> _Grouped | _Padded:
     flat = indices.reshape(-1)
     order = torch.argsort(flat, stable=True)  # slot ids grouped by expert, token order kept inside a group
     token = torch.div(order, indices.shape[1], rounding_mode="floor")
@@ -130,44 +127,56 @@ def _layout(indices: Tensor, num_experts: int) -> tuple[Tensor, Tensor, _Grouped
     if choice is None:
         choice = "grouped"
         if indices.device.type == "cpu" and flat.numel():
-            capacity = int(counts.max())
-            if num_experts * capacity <= PAD_LIMIT * flat.numel():
+            if num_experts * int(counts.max()) <= PAD_LIMIT * flat.numel():
                 choice = "padded"
     if choice == "padded":
-        return order, token, _Padded(flat.index_select(0, order), counts, max(int(counts.max()), 1))
-    return order, token, _Grouped(counts)
+        return _Padded(order, token, counts, indices.shape[0])
+    return _Grouped(order, token, counts)
+
+
+def _gather(rows: Tensor, index: Tensor, padded: bool) -> Tensor:
+    """rows[index], where a padded layout's index may point one past the end (a zero row)."""
+    if padded:
+        rows = torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
+    return rows.index_select(0, index)
+
+
+def _scatter_add(buf: Tensor, index: Tensor, size: int, padded: bool) -> Tensor:
+    """out[index[r]] += buf[r] for an output of ``size`` rows (padding rows land on a dropped extra row)."""
+    out = buf.new_zeros(size + int(padded), *buf.shape[1:]).index_add_(0, index, buf)
+    return out[:size] if padded else out
 
 
 class _GroupedSwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weights, w_gate, w_up, w_down, indices):  # type: ignore[override]
-        order, token, lay = _layout(indices, w_gate.shape[0])
-        xs = lay.scatter_in(x.index_select(0, token))
-        ws = lay.scatter_in(weights.reshape(-1).index_select(0, order).to(x.dtype).unsqueeze(-1))
+        lay = _layout(indices, w_gate.shape[0])
+        xs = _gather(x, lay.src, lay.padded)
+        ws = _gather(weights.reshape(-1).to(x.dtype), lay.slot, lay.padded).unsqueeze(-1)
         h_gate = lay.rows_mm(xs, w_gate.transpose(1, 2))
         h_up = lay.rows_mm(xs, w_up.transpose(1, 2))
         act = F.silu(h_gate).mul_(h_up).mul_(ws)  # in place: every fresh (S, ·) buffer costs page faults on CPU
-        y = lay.gather_out(lay.rows_mm(act, w_down.transpose(1, 2)))
-        out = x.new_zeros(x.shape).index_add_(0, token, y)
-        ctx.save_for_backward(xs, ws, h_gate, h_up, w_gate, w_up, w_down, order, token)
+        y = lay.rows_mm(act, w_down.transpose(1, 2))
+        out = _scatter_add(y, lay.src, x.shape[0], lay.padded)
+        ctx.save_for_backward(xs, ws, h_gate, h_up, w_gate, w_up, w_down)
         ctx.lay = lay
         ctx.weights_shape, ctx.weights_dtype = weights.shape, weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        xs, ws, h_gate, h_up, w_gate, w_up, w_down, order, token = ctx.saved_tensors
+        xs, ws, h_gate, h_up, w_gate, w_up, w_down = ctx.saved_tensors
         lay = ctx.lay
         need_x, need_wt, need_g, need_u, need_d, _ = ctx.needs_input_grad
-        grad_y = lay.scatter_in(grad_out.contiguous().index_select(0, token))  # (S, H)
+        grad_y = _gather(grad_out.contiguous(), lay.src, lay.padded)  # (S, H); padding rows are zero
         silu_gate = F.silu(h_gate)
         act = silu_gate * h_up  # (S, I), before the gate weight
         grad_act = lay.rows_mm(grad_y, w_down)  # (S, I), before the gate weight
         grad_weights = None
         if need_wt:
-            grad_ws = lay.gather_out((grad_act * act).sum(-1)).to(ctx.weights_dtype)
-            flat = grad_ws.new_zeros(order.shape[0]).index_copy_(0, order, grad_ws)
-            grad_weights = flat.view(ctx.weights_shape)
+            grad_ws = (grad_act * act).sum(-1).to(ctx.weights_dtype)
+            size = ctx.weights_shape.numel()
+            grad_weights = _scatter_add(grad_ws, lay.slot, size, lay.padded).view(ctx.weights_shape)
         grad_w_down = lay.outer_mm(grad_y, act.mul_(ws)) if need_d else None
         del act
         grad_act.mul_(ws)
@@ -180,5 +189,5 @@ class _GroupedSwiGLU(torch.autograd.Function):
         grad_x = None
         if need_x:
             grad_xs = lay.rows_mm(grad_gate, w_gate).add_(lay.rows_mm(grad_up, w_up))
-            grad_x = grad_xs.new_zeros(grad_out.shape).index_add_(0, token, lay.gather_out(grad_xs))
+            grad_x = _scatter_add(grad_xs, lay.src, grad_out.shape[0], lay.padded)
         return grad_x, grad_weights, grad_w_gate, grad_w_up, grad_w_down, None

@@ -171,5 +171,5 @@ def test_layout_choice_pads_only_balanced_cpu_routing():
     balanced = torch.arange(64).remainder(8).view(32, 2)
     skewed = torch.zeros(32, 2, dtype=torch.long)
     skewed[:, 1] = 1
-    assert isinstance(torch_backend._layout(balanced, 8)[2], torch_backend._Padded)
-    assert isinstance(torch_backend._layout(skewed, 8)[2], torch_backend._Grouped)
+    assert isinstance(torch_backend._layout(balanced, 8), torch_backend._Padded)
+    assert isinstance(torch_backend._layout(skewed, 8), torch_backend._Grouped)
