@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 from hyperp.errors import ConfigError, HyperpError
 
 
+EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system
+EXIT_STOPPED = 3  # the run stopped early (non-finite steps, an alarm, SIGTERM) after saving a checkpoint
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ``error: ...`` line (no usage block) via ConfigError."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{message.splitlines()[0]} (see python -m train --help)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train", description="Train a Qwen3 dense/MoE model.")
+    parser = _Parser(prog="python -m train", description="Train a Qwen3 dense/MoE model.")
     parser.add_argument("--config", required=True, help="TOML preset, e.g. configs/tiny-moe.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
@@ -24,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(argv: list[str] | None = None) -> Path:
+    from train import distributed
     from train.build import build_callbacks, build_components
     from train.checkpoint import list_checkpoints, write_atomic
     from train.config import dump_toml, load_config
@@ -33,40 +48,102 @@ def run(argv: list[str] | None = None) -> Path:
     overrides = list(args.overrides)
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after={args.stop_after} must be >= 1")
     cfg = load_config(args.config, overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} exists and is not a directory")
     if list_checkpoints(run_dir) and not args.resume:
         raise ConfigError(f"run directory {run_dir} already has checkpoints: pass --resume, or choose another --out")
     if args.resume and not list_checkpoints(run_dir):
         raise ConfigError(f"--resume: no checkpoint in {run_dir}")
-    parts = build_components(cfg)
+    env = distributed.init(cfg)  # torchrun: process group, rank, world size; plain run: inactive, one rank
+    parts = build_components(cfg, env)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.toml", dump_toml(cfg).encode())
-    if parts.data.tokenizer is not None:
-        parts.data.tokenizer.save(run_dir / "tokenizer")
-    trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, run_dir))
-    if args.resume:
+    trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, run_dir, env))
+    if args.resume:  # before anything in the run dir is written: a mismatching checkpoint changes nothing
         path = trainer.resume()
-        print(f"resumed from {path} (step {trainer.state.step})")
-    if args.stop_after is not None and args.stop_after < 1:
-        raise ConfigError(f"--stop-after={args.stop_after} must be >= 1")
-    state = trainer.fit(None if args.stop_after is None else trainer.state.step + args.stop_after)
+        if env.is_main:
+            print(f"resumed from {path} (step {trainer.state.step})")
+    if env.is_main:
+        write_atomic(run_dir / "config.toml", dump_toml(cfg).encode())
+    if parts.data.tokenizer is not None and env.is_main:
+        _save_tokenizer(parts.data.tokenizer, run_dir / "tokenizer")
+    previous = _stop_on_sigterm(trainer)
+    try:
+        state = trainer.fit(None if args.stop_after is None else trainer.state.step + args.stop_after)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    distributed.shutdown(env)
+    if not env.is_main:
+        return run_dir
     print(f"done: step {state.step}, val loss {trainer.last_val_loss:.4f}, run dir {run_dir}")
     if trainer.stop_reason:
-        print(f"stopped early: {trainer.stop_reason}", file=sys.stderr)
-        raise SystemExit(3)
+        newest = list_checkpoints(run_dir)
+        where = f"; checkpoint {newest[-1]}" if newest else ""
+        print(f"stopped early: {trainer.stop_reason}{where}; continue with --resume", file=sys.stderr)
+        raise _Stopped()
     return run_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Stopped(Exception):
+    """The run stopped early and said why; exit with EXIT_STOPPED."""
+
+
+def _stop_on_sigterm(trainer):
+    """SIGTERM (a scheduler's pre-kill notice) finishes the current step, checkpoints and exits 3."""
+
+    def handler(signum, frame):
+        trainer.request_stop("received SIGTERM")
+
     try:
-        run(argv)
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a worker thread in tests)
+        return signal.getsignal(signal.SIGTERM)
+
+
+def _save_tokenizer(tokenizer, directory: Path) -> None:
+    """Write the tokenizer into a temp dir, then swap it in: a kill leaves the old copy or the new one."""
+    import shutil
+
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    tokenizer.save(tmp)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _show_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every user-facing failure is one ``error: ...`` line on stderr and a nonzero exit code."""
+    try:
+        with warnings.catch_warnings():  # warnings (e.g. a skipped corrupt checkpoint) as one line each
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_one_line
+            run(argv)
     except HyperpError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as err:  # unwritable --out, disk full, permissions: the path and the reason, no traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("error: out of memory (reduce train.batch_size or the model size)", file=sys.stderr)
+        return EXIT_USAGE
+    except _Stopped:
+        return EXIT_STOPPED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

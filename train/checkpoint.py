@@ -53,8 +53,22 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name[len(_PREFIX):])
+    except ValueError:
+        return -1
+
+
 def save(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``state`` as checkpoint ``step`` atomically, then prune to the newest ``keep``."""
+    """Write ``state`` as checkpoint ``step`` atomically, then prune to the newest ``keep``.
+
+    Every destructive change is a rename first (atomic) and a delete second, so a kill at any moment leaves each
+    ``step_*`` directory either complete or absent: re-saving a step moves the old copy aside before the new one
+    lands, and pruned checkpoints are renamed out of the ``step_*`` namespace before they are deleted.
+    Checkpoints *newer* than ``step`` belong to a timeline abandoned by a resume that fell back past them (they
+    failed verification); they are renamed ``rejected-step_*`` so they can neither shadow nor evict this one.
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:06d}"
@@ -72,18 +86,27 @@ def save(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path
     }
     _write_file(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
     _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. stop right after a periodic save): replace it
-        shutil.rmtree(final)
+    for newer in list_checkpoints(run_dir):
+        if _step_of(newer) > step:
+            os.rename(newer, root / f"rejected-{newer.name}-{os.getpid()}")
+    old = root / f".old-{_PREFIX}{step:06d}-{os.getpid()}"
+    if final.exists():  # re-saving the same step (e.g. stop right after a periodic save): swap, then delete
+        os.rename(final, old)
     os.rename(tmp, final)
     _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
     _prune(root, keep)
     return final
 
 
 def _prune(root: Path, keep: int) -> None:
     for path in list_checkpoints(root.parent)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-    for stale in root.glob(f".tmp-{_PREFIX}*"):  # leftovers of a killed save
+        trash = root / f".trash-{path.name}-{os.getpid()}"
+        os.rename(path, trash)  # out of the step_* namespace first: a kill mid-delete leaves no half checkpoint
+        shutil.rmtree(trash, ignore_errors=True)
+    for stale in [*root.glob(".old-*"), *root.glob(".trash-*")]:  # a killed or failed swap/prune: no longer listed
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f".tmp-{_PREFIX}*"):  # leftovers of a killed save (not one this process is writing)
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -106,17 +129,26 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(f"checkpoint {path} has no manifest.json (incomplete or not a checkpoint)") from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint manifest {manifest_path} is corrupt") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint manifest {manifest_path} cannot be read: {err.strerror}") from None
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"checkpoint manifest {manifest_path} is corrupt")
     state_path = path / "state.pt"
     try:
         payload = state_path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {state_path} is missing") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint file {state_path} cannot be read: {err.strerror}") from None
     if len(payload) != entry.get("bytes") or hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
         raise CheckpointError(f"checkpoint file {state_path} is corrupt or truncated (checksum mismatch)")
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint to the user
         raise CheckpointError(f"checkpoint file {state_path} cannot be read: {type(err).__name__}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint file {state_path} does not hold a training state")
+    return state
 
 
 def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -41,6 +42,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     max_nonfinite: int = 5  # consecutive skipped (NaN/Inf) steps before the run stops
+    # Data parallelism under torchrun (train.distributed; ignored in a plain single-process run). batch_size is
+    # per rank: the global batch is batch_size × grad_accum × world_size.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
@@ -157,7 +162,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
@@ -195,8 +206,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r} must look like section.key=value")
     raw = raw.strip()
+    if any(c in text for c in "\n\r\x00"):
+        raise ConfigError(f"--set {text!r} must be a single line")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
+        value = parsed["v"] if list(parsed) == ["v"] else raw
     except tomllib.TOMLDecodeError:
         value = raw
     return key.split("."), value

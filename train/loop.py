@@ -7,6 +7,7 @@ Everything that watches the run (progress bar, JSONL, wandb, checkpoints, monito
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from hyperp.errors import CheckpointError
 from moe.losses import GlobalBalance, micro_batch_aux, z_loss
 from train import checkpoint
 from train.build import Components
-from train.callbacks import Callback
+from train.callbacks import Callback, JSONLLogger
 from train.config import RunConfig
 from train.schedule import lr_multiplier, set_lr
 
@@ -92,7 +93,8 @@ class Trainer:
         else:
             self.state.skipped_steps += 1
             self.state.nonfinite_streak += 1
-        self.optimizer.zero_grad(set_to_none=True)
+            self._log_skipped(step + 1, float(sums["total"]), float(grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)  # also drops a skipped step's (non-finite) accumulated grads
         self.state.step += 1
         self.state.tokens += cfg.grad_accum * cfg.batch_size * self.cfg.data.seq_len
         metrics = {_METRIC_NAMES[k]: float(v) for k, v in sums.items()}
@@ -102,8 +104,24 @@ class Trainer:
         metrics.update({"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/tokens": float(self.state.tokens), "train/skipped_steps": float(self.state.skipped_steps)})
         if self.state.nonfinite_streak >= cfg.max_nonfinite:
-            self.request_stop(f"{self.state.nonfinite_streak} consecutive non-finite steps (loss or gradient)")
+            self.request_stop(
+                f"{self.state.nonfinite_streak} consecutive non-finite steps (loss or gradient) up to step "
+                f"{self.state.step} (train.max_nonfinite={cfg.max_nonfinite}); model and optimizer are those of the "
+                f"last good step {self.state.step - self.state.nonfinite_streak}"
+            )
         return metrics
+
+    def _log_skipped(self, step: int, loss: float, grad_norm: float) -> None:
+        """A skipped step is an event: one stderr line and a ``"event": "nonfinite_skip"`` record in metrics.jsonl."""
+        s, limit = self.state, self.cfg.train.max_nonfinite
+        print(f"warning: step {step}: non-finite loss {loss} / grad norm {grad_norm}; step skipped, optimizer "
+              f"state untouched ({s.skipped_steps} skipped in total, {s.nonfinite_streak}/{limit} in a row)",
+              file=sys.stderr, flush=True)
+        record = {"step": step, "event": "nonfinite_skip", "loss": loss, "grad_norm": grad_norm,
+                  "skipped_steps": s.skipped_steps, "nonfinite_streak": s.nonfinite_streak}
+        for cb in self.callbacks:
+            if isinstance(cb, JSONLLogger):
+                cb.write(record)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -162,19 +180,42 @@ class Trainer:
         return checkpoint.save(self.run_dir, self.state.step, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
 
     def resume(self) -> Path:
+        """Load the newest valid checkpoint; any mismatch → one-line CheckpointError before anything is changed."""
         path, state = checkpoint.load_latest(self.run_dir, map_location=self.device)
-        if state["config"]["model"] != self.cfg.to_dict()["model"]:
-            raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-            cb.load_state_dict(cb_state)
-        self.state = TrainState(**state["trainer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        try:
+            saved_model = state["config"]["model"]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
+        diff = _first_difference(saved_model, self.cfg.to_dict()["model"], "model")
+        if diff is not None:
+            raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's: {diff}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+                cb.load_state_dict(cb_state)
+            self.state = TrainState(**state["trainer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # torch's load_state_dict messages span lines
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {first})") from None
         self.last_val_loss = state.get("last_val_loss", float("nan"))
         return path
+
+
+def _first_difference(saved: Any, current: Any, key: str) -> str | None:
+    """``"model.hidden: checkpoint 32, this run 64"`` for the first differing config key, else None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for k in sorted(set(saved) | set(current)):
+            diff = _first_difference(saved.get(k), current.get(k), f"{key}.{k}")
+            if diff is not None:
+                return diff
+        return None
+    return None if saved == current else f"{key}: checkpoint {saved!r}, this run {current!r}"
 
 
 def null_autocast() -> contextlib.AbstractContextManager:
