@@ -193,7 +193,8 @@ def test_spike_detector_quiet_on_smooth_curve_fires_on_spike() -> None:
 
 
 def test_threshold_and_growth_alarms_fire_once_until_cleared() -> None:
-    alarms = Alarms(MonitorConfig(z_growth=10, rms_growth=4, outlier_frac=0.01, expert_max_mean=3))
+    alarms = Alarms(MonitorConfig(z_growth=10, rms_growth=4, outlier_frac=0.01, expert_max_mean=3, alarm_start=10))
+    assert alarms.check(5, {"monitor/z_attn/layer_00": 0.01, "monitor/outlier_frac/resid/layer_00": 0.5}) == []
     assert alarms.check(10, {"monitor/z_attn/layer_00": 2.0, "monitor/rms/layer_00": 1.0,
                              "monitor/outlier_frac/resid/layer_00": 0.0,
                              "monitor/expert_load/max_over_mean/layer_01": 1.2}) == []

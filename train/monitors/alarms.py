@@ -85,7 +85,7 @@ class Alarms:
                 if limit is not None:
                     fired.append(Alarm(step, SPIKE_METRICS[metric], metric, float(metrics[metric]), limit))
         for name, value in metrics.items():
-            if not name.startswith("monitor/"):
+            if step < self.cfg.alarm_start or not name.startswith("monitor/"):
                 continue
             for alarm, pattern, kind, field in _RULES:
                 factor = getattr(self.cfg, field)

@@ -25,6 +25,10 @@ class MonitorConfig:
     spike_window: int = 128
     spike_sigma: float = 6.0
     spike_min_history: int = 32  # values seen before the spike rule may fire (the first steps fall steeply)
+    # Threshold and growth alarms start at this step; growth is measured against the first value monitored from
+    # here on. At init the residual stream is tiny (HyperP embeddings have std 1e-4) and the router is random, so
+    # step-1 values would make every RMS look like a 10× growth and every MoE layer look imbalanced.
+    alarm_start: int = 50
     z_growth: float = 10.0  # a Z-value (monitor/z_*) above this factor × its first monitored value
     rms_growth: float = 10.0  # an output RMS (monitor/rms/*) above this factor × its first monitored value
     outlier_frac: float = 0.01  # fraction of |x| > 6·RMS (monitor/outlier_frac/*); a Gaussian gives 2e-9
@@ -35,7 +39,7 @@ class MonitorConfig:
             raise ConfigError(f"monitor.every={self.every} must be >= 0")
         if self.on_alarm not in ("warn", "stop"):
             raise ConfigError(f"monitor.on_alarm={self.on_alarm!r} must be 'warn' or 'stop'")
-        for name in ("sample_tokens", "spike_window", "spike_min_history"):
+        for name in ("sample_tokens", "spike_window", "spike_min_history", "alarm_start"):
             if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
         for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean"):
