@@ -27,7 +27,7 @@ class MoEBlock(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.cfg = cfg
-        self.router = Router(hidden, cfg.num_experts, cfg.top_k)
+        self.router = Router(hidden, cfg.num_experts, cfg.top_k, selection_bias=cfg.uses_bias)
         self.experts = Experts(cfg.num_experts, hidden, cfg.expert_hidden)
         self.shared_expert = SwiGLU(hidden, cfg.shared_hidden) if cfg.shared_expert else None
         self._dispatch: dict[torch.device, DispatchFn] = {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from hyperp.errors import ConfigError
 
 GATES = ("sqrt", "softmax")
+BALANCES = ("aux", "bias", "aux+bias")
 BACKENDS = ("auto", "loop", "torch", "megablocks")
 
 
@@ -28,6 +29,18 @@ class MoEConfig:
     z_weight: float = 0.0
     global_aux: bool = True
     backend: str = "auto"
+    # "aux": switch loss with aux_weight; "bias": DeepSeek-V3 aux-loss-free balancing (a per-expert selection bias,
+    # the aux loss is still computed and logged but not trained on); "aux+bias": both.
+    balance: str = "aux"
+    bias_rate: float = 1e-3  # γ_b of b_i += γ_b·sign(mean load − load_i), once per optimizer step
+
+    @property
+    def uses_bias(self) -> bool:
+        return self.balance in ("bias", "aux+bias")
+
+    @property
+    def trains_aux(self) -> bool:
+        return self.balance in ("aux", "aux+bias")
 
     def __post_init__(self) -> None:
         _positive_int("moe.num_experts", self.num_experts)
@@ -50,6 +63,10 @@ class MoEConfig:
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 raise ConfigError(f"moe.{name}={value!r} must be a number >= 0")
+        if self.balance not in BALANCES:
+            raise ConfigError(f"moe.balance={self.balance!r} must be one of {', '.join(BALANCES)}")
+        if not _is_number(self.bias_rate) or self.bias_rate <= 0:
+            raise ConfigError(f"moe.bias_rate={self.bias_rate!r} must be a number > 0")
         if not isinstance(self.global_aux, bool):
             raise ConfigError(f"moe.global_aux={self.global_aux!r} must be true or false")
 

@@ -44,13 +44,20 @@ def stable_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 class Router(nn.Module):
-    """z = W_r x in fp32, no bias; top-k by z; weights = softmax over the k selected logits."""
+    """z = W_r x in fp32, no bias; top-k by z; weights = softmax over the k selected logits.
 
-    def __init__(self, hidden: int, num_experts: int, top_k: int) -> None:
+    With ``selection_bias`` (aux-loss-free balancing, DeepSeek-V3 §2.1.2) a per-expert buffer b is added to the
+    logits for the top-k *choice* only; the gate weights still come from the unbiased logits of the chosen experts.
+    b is a buffer (saved in checkpoints, touched by no optimizer), updated by :func:`moe.balance.update_selection_bias`.
+    """
+
+    def __init__(self, hidden: int, num_experts: int, top_k: int, selection_bias: bool = False) -> None:
         super().__init__()
         self.top_k = top_k
         self.weight = nn.Parameter(torch.empty(num_experts, hidden))
         declare(self, weight=Role.ROUTER)
+        self.selection_bias: Tensor | None
+        self.register_buffer("selection_bias", torch.zeros(num_experts) if selection_bias else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -61,7 +68,11 @@ class Router(nn.Module):
     def forward(self, x: Tensor) -> RoutingStats:
         """Route ``x`` (N, hidden)."""
         logits = F.linear(x.float(), self.weight.float())
-        indices, top_logits = stable_topk(logits, self.top_k)
+        if self.selection_bias is None:
+            indices, top_logits = stable_topk(logits, self.top_k)
+        else:
+            indices, _ = stable_topk(logits + self.selection_bias, self.top_k)
+            top_logits = logits.gather(-1, indices)
         weights = torch.softmax(top_logits, dim=-1)
         num_experts = logits.shape[-1]
         with torch.no_grad():

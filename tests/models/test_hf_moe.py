@@ -161,3 +161,28 @@ def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys) -
     assert main(["export", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_selection_bias_export_routes_by_unbiased_logits() -> None:
+    """HF's Qwen3-MoE has no selection bias: the export equals our model with the bias removed (documented)."""
+    from models.config import ModelConfig
+    from models.hf import to_hf
+    from models.qwen3 import Qwen3
+    from moe.config import MoEConfig
+
+    torch.manual_seed(7)
+    moe = MoEConfig(num_experts=4, top_k=2, expert_hidden=16, gate="softmax", balance="bias")
+    cfg = ModelConfig(vocab_size=61, hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, mlp_hidden=48, moe=moe,
+                      max_seq_len=16, parameterization="standard")
+    ours = Qwen3(cfg).eval()
+    ids = torch.randint(0, 61, (2, 16))
+    with torch.no_grad():
+        hf = to_hf(ours).eval()
+        assert (hf(ids).logits - ours(ids).logits).abs().max() <= 1e-4  # zero bias: identical
+        for block in ours.layers:
+            block.mlp.router.selection_bias.copy_(torch.tensor([3.0, -3.0, 0.0, 0.0]))
+        biased = ours(ids).logits
+        assert (hf(ids).logits - biased).abs().max() > 1e-3  # the bias changed our selection, not HF's
+        for block in ours.layers:
+            block.mlp.router.selection_bias.zero_()
+        assert (hf(ids).logits - ours(ids).logits).abs().max() <= 1e-4
