@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+import json
 import math
 import tomllib
 import types
@@ -172,6 +174,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. undecodable bytes on the command line (surrogate escapes)
+            raise ConfigError(f"{key}={value!r} is not valid UTF-8") from None
         return value
     return value
 
@@ -188,9 +194,17 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint}")
         kwargs[key] = _coerce(value, hints[key], full)
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{missing[0]} is required (no default)")
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as err:
+        # A nested section validates itself with its own short prefix ("moe.top_k"); name the full key.
+        short = prefix.rsplit(".", 1)[-1]
+        if "." in prefix and str(err).startswith(short + "."):
+            raise ConfigError(re.sub(rf"(?<![\w.]){short}\.", prefix + ".", str(err))) from None
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix or 'config'}: {str(err).splitlines()[0]}") from None
@@ -264,8 +278,8 @@ def dump_toml(cfg: RunConfig) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # a TOML basic string: JSON's escapes are valid TOML; DEL must be escaped too
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, float):
         return repr(value) if value == value and value not in (float("inf"), float("-inf")) else f'"{value}"'
     if isinstance(value, (list, tuple)):
