@@ -114,10 +114,12 @@ class GlobalBalance:
 
 def _global_mean(probs: Tensor, tokens: int, group: dist.ProcessGroup | None) -> Tensor:
     """Token-weighted mean of every rank's P, differentiable (one collective for P and the token count)."""
-    from torch.distributed.nn.functional import all_reduce
+    # The functional collective is differentiable (its backward all-reduces the output gradient); it replaces the
+    # deprecated torch.distributed.nn.functional.all_reduce that ArchScale uses.
+    from torch.distributed._functional_collectives import all_reduce
 
     n = torch.full((probs.shape[0], 1), float(tokens), dtype=probs.dtype, device=probs.device)
-    summed = all_reduce(torch.cat([probs * tokens, n], dim=1), group=group or dist.group.WORLD)
+    summed = all_reduce(torch.cat([probs * tokens, n], dim=1), "sum", group or dist.group.WORLD)
     return summed[:, :-1] / summed[:, -1:]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from hyperp.errors import CheckpointError
 from moe.losses import GlobalBalance, micro_batch_aux, z_loss
-from train import checkpoint
+from train import checkpoint, distributed
 from train.build import Components
 from train.callbacks import Callback, JSONLLogger
 from train.config import RunConfig
@@ -40,7 +40,9 @@ class Trainer:
         self.cfg, self.run_dir, self.callbacks = cfg, Path(run_dir), callbacks
         self.model, self.optimizer, self.device = parts.model, parts.optimizer, parts.device
         self.sampler = parts.sampler
-        self.val_batches = parts.data.val_batches(cfg.train.batch_size, cfg.train.eval_batches)
+        self.dist, self.train_model = parts.dist, parts.train_model or parts.model  # train.distributed
+        self.val_batches = parts.data.val_batches(cfg.train.batch_size, cfg.train.eval_batches,
+                                                  self.dist.rank, self.dist.world_size)
         self.autocast = parts.autocast
         self.state = TrainState()
         self.balance = GlobalBalance()
@@ -54,7 +56,7 @@ class Trainer:
     def _losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         moe_cfg = self.cfg.model.moe
         with self.autocast():
-            out = self.model(inputs, targets)
+            out = self.train_model(inputs, targets)
         terms = {"ce": out.loss}
         if out.routing:
             aux = self.balance.aux(out.routing) if moe_cfg.global_aux else micro_batch_aux(out.routing)
@@ -83,6 +85,8 @@ class Trainer:
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        grad_norm = distributed.full_norm(grad_norm)  # FSDP2 returns a DTensor
+        sums = self.dist.mean(sums)  # the global batch's losses, identical on every rank (no-op in one process)
         finite = bool(torch.isfinite(sums["total"]) & torch.isfinite(grad_norm))  # the step's one host sync
         extra: dict[str, float] = {}
         if finite:
@@ -96,7 +100,7 @@ class Trainer:
             self._log_skipped(step + 1, float(sums["total"]), float(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)  # also drops a skipped step's (non-finite) accumulated grads
         self.state.step += 1
-        self.state.tokens += cfg.grad_accum * cfg.batch_size * self.cfg.data.seq_len
+        self.state.tokens += self.tokens_per_step
         metrics = {_METRIC_NAMES[k]: float(v) for k, v in sums.items()}
         if "aux" in sums and self.cfg.model.moe.global_aux:
             metrics["moe/aux_loss"] = float(self.balance.value())  # exact step-level global aux
@@ -130,7 +134,7 @@ class Trainer:
         for inputs, targets in self.val_batches:
             with self.autocast():
                 losses.append(self.model(inputs.to(self.device), targets.to(self.device)).loss.float())
-        self.last_val_loss = float(torch.stack(losses).mean())
+        self.last_val_loss = float(self.dist.mean({"val": torch.stack(losses).mean()})["val"])
         return {"val/loss": self.last_val_loss}
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -151,6 +155,8 @@ class Trainer:
                         cb.on_eval(self, step, val)
                 for cb in self.callbacks:
                     cb.on_step_end(self, step, metrics)
+                if self.dist.active and self.dist.any(self.stop_reason is not None):
+                    self.request_stop("stopped on another rank")  # ranks must leave the loop together
             if self.stop_reason is not None or self.state.step < self.cfg.train.max_steps:
                 self.save_checkpoint()
         finally:
@@ -161,7 +167,7 @@ class Trainer:
     @property
     def tokens_per_step(self) -> int:
         t = self.cfg.train
-        return t.grad_accum * t.batch_size * self.cfg.data.seq_len
+        return t.grad_accum * t.batch_size * self.dist.world_size * self.cfg.data.seq_len
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
@@ -177,10 +183,17 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
+        if self.dist.active:
+            return distributed.save(self)  # sharded torch.distributed.checkpoint, collective
         return checkpoint.save(self.run_dir, self.state.step, self.checkpoint_state(), self.cfg.train.keep_checkpoints)
 
     def resume(self) -> Path:
         """Load the newest valid checkpoint; any mismatch → one-line CheckpointError before anything is changed."""
+        dcp_path = distributed.latest(self.run_dir)
+        if dcp_path is not None:  # written by a torchrun run; loads at any world size
+            return distributed.resume(self, dcp_path)
+        if self.dist.active and self.cfg.train.parallel == "fsdp":
+            raise CheckpointError("train.parallel='fsdp' resumes only distributed checkpoints; convert or use ddp")
         path, state = checkpoint.load_latest(self.run_dir, map_location=self.device)
         try:
             saved_model = state["config"]["model"]

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from hyperp.errors import ConfigError
-from hyperp.optim.sphere import check_mode, fixed_norm_update, init_radius
+from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
+from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
 
 
 class AdamH(torch.optim.Optimizer):
@@ -63,16 +64,20 @@ class AdamH(torch.optim.Optimizer):
             state["step"] = torch.zeros((), dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-            state["radius"] = init_radius(p, group["expert_sphere"])
+            state["radius"] = init_radius(full(p), group["expert_sphere"])  # full even when p is sharded
         beta1, beta2 = group["betas"]
         state["step"] += 1
         step = float(state["step"])
-        g = grad.to(torch.float32)
-        state["exp_avg"].lerp_(g, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        # Element-wise on this rank's shard (moments stay sharded like p); only the norms are global.
+        g = local(grad).to(torch.float32)
+        exp_avg, exp_avg_sq = local(state["exp_avg"]), local(state["exp_avg_sq"])
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bias1 = 1 - beta1**step
-        denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
-        direction = state["exp_avg"] / bias1 / denom
-        fixed_norm_update(p, direction, group["lr"], state["radius"], group["expert_sphere"])
+        denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["eps"])
+        direction = exp_avg / bias1 / denom
+        mode = group["expert_sphere"]
+        norm = sharded_norm(p, mode) if is_sharded(p) else frobenius_norm
+        fixed_norm_update(local(p), direction, group["lr"], local_slice(state["radius"], p), mode, norm=norm)
 
 

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from hyperp.errors import ConfigError
 from hyperp.optim.newton_schulz import Coeffs, newton_schulz, schedule
-from hyperp.optim.sphere import check_mode, fixed_norm_update, init_radius
+from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
+from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "spectral_norm", "none")
 
@@ -114,17 +115,20 @@ class MuonH(torch.optim.Optimizer):
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
             if group["sphere"]:
-                state["radius"] = init_radius(p, group["expert_sphere"])
+                state["radius"] = init_radius(full(p), group["expert_sphere"])  # full even when p is sharded
         buf = state["momentum_buffer"]
         momentum = group["momentum"]
         buf.lerp_(grad, 1 - momentum)
         direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
-        ortho = newton_schulz(
-            direction, group["ns_steps"], group["ns_coefficients"], group["eps"], group["ns_dtype"]
+        ortho = newton_schulz(  # on the whole matrix: gathered when p is a shard (hyperp.optim.sharded)
+            full(direction), group["ns_steps"], group["ns_coefficients"], group["eps"], group["ns_dtype"]
         )
         lr = group["lr"]
+        W, ortho = local(p), local_slice(ortho, p)  # p itself and ortho unless p is a DTensor shard
         if group["sphere"]:
-            fixed_norm_update(p, ortho, lr, state["radius"], group["expert_sphere"])
+            mode = group["expert_sphere"]
+            norm = sharded_norm(p, mode) if is_sharded(p) else frobenius_norm
+            fixed_norm_update(W, ortho, lr, local_slice(state["radius"], p), mode, norm=norm)
             return
-        p.mul_(1 - lr * group["weight_decay"])
-        p.add_(ortho.to(p.dtype), alpha=-adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+        W.mul_(1 - lr * group["weight_decay"])
+        W.add_(ortho.to(W.dtype), alpha=-adjust_lr(lr, group["adjust_lr_fn"], p.shape))

@@ -11,6 +11,8 @@ parameter tensor as a whole).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -46,13 +48,17 @@ def init_radius(param: Tensor, mode: str = "per_expert") -> Tensor:
 
 @torch.no_grad()
 def fixed_norm_update(
-    W: Tensor, u: Tensor, lr: float | Tensor, R: Tensor, mode: str = "per_expert", eps: float = 1e-12
+    W: Tensor, u: Tensor, lr: float | Tensor, R: Tensor, mode: str = "per_expert", eps: float = 1e-12,
+    norm: Callable[[Tensor, str], Tensor] = frobenius_norm,
 ) -> None:
-    """In place: W ← R·(W − lr·R·u/‖u‖)/‖W − lr·R·u/‖u‖‖, batched over experts (no Python loop)."""
+    """In place: W ← R·(W − lr·R·u/‖u‖)/‖W − lr·R·u/‖u‖‖, batched over experts (no Python loop).
+
+    ``norm`` is :func:`frobenius_norm` unless W and u are shards of a matrix (:mod:`hyperp.optim.sharded`).
+    """
     u = u.to(torch.float32)
-    scale = (lr * R) / frobenius_norm(u, mode).clamp(min=eps)
+    scale = (lr * R) / norm(u, mode).clamp(min=eps)
     w = W.to(torch.float32) if W.dtype != torch.float32 else W
     w.sub_(u * scale)
-    w.mul_(R / frobenius_norm(w, mode).clamp(min=eps))
+    w.mul_(R / norm(w, mode).clamp(min=eps))
     if w is not W:
         W.copy_(w)

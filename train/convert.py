@@ -1,0 +1,58 @@
+"""``python -m train.convert SRC --out RUN_DIR [--hf HF_DIR]``: a distributed (torch.distributed.checkpoint)
+checkpoint → the single-file checkpoint of a one-process run (and optionally the Hugging Face export).
+
+SRC is a checkpoint directory (``runs/NAME/checkpoints/step_000100``) or a run directory (its newest
+checkpoint). RUN_DIR receives ``checkpoints/step_N/{state.pt, manifest.json}`` plus the source run's
+``config.toml`` and ``tokenizer/``, so ``python -m train --resume``, ``train.generate`` and ``python -m models.hf``
+read it like any run. No process group is needed: DCP reshards to one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from hyperp.errors import CheckpointError, HyperpError
+
+
+def convert(src: str | Path, out: str | Path, hf: str | Path | None = None) -> Path:
+    """Write the single-file checkpoint into run directory ``out``; returns the checkpoint directory."""
+    from train import checkpoint, distributed
+
+    src, out = Path(src), Path(out)
+    path = src if (src / "manifest.json").is_file() else distributed.latest(src)
+    if path is None or not distributed.is_dcp(path):
+        raise CheckpointError(f"{src} is not a distributed checkpoint (or a run whose newest checkpoint is one)")
+    state = distributed.to_single_file(path)
+    written = checkpoint.save(out, int(state["trainer"]["step"]), state, keep=1)
+    run_dir = path.parent.parent
+    if (run_dir / "config.toml").is_file() and run_dir.resolve() != out.resolve():
+        shutil.copyfile(run_dir / "config.toml", out / "config.toml")
+    if (run_dir / "tokenizer").is_dir() and run_dir.resolve() != out.resolve():
+        shutil.copytree(run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    if hf is not None:
+        from models.hf import export
+
+        export(out, hf)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="distributed checkpoint directory, or a run directory (its newest checkpoint)")
+    parser.add_argument("--out", required=True, help="run directory to write the single-file checkpoint into")
+    parser.add_argument("--hf", default=None, help="also export a Hugging Face model directory here")
+    args = parser.parse_args(argv)
+    try:
+        written = convert(args.src, args.out, args.hf)
+    except HyperpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {written}" + (f" and HF export {args.hf}" if args.hf else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
