@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from hyperp.errors import CheckpointError
+from moe.balance import balance_log, update_selection_bias
 from moe.losses import GlobalBalance, micro_batch_aux, z_loss
 from train import checkpoint, distributed
 from train.build import Components
@@ -59,10 +60,12 @@ class Trainer:
             out = self.train_model(inputs, targets)
         terms = {"ce": out.loss}
         if out.routing:
-            aux = self.balance.aux(out.routing) if moe_cfg.global_aux else micro_batch_aux(out.routing)
+            global_aux = self.balance.aux(out.routing)  # always: the step's counts drive the bias and the metrics
+            aux = global_aux if moe_cfg.global_aux else micro_batch_aux(out.routing)
+            aux_weight = moe_cfg.aux_weight if moe_cfg.trains_aux else 0.0  # "bias": logged, not trained on
             terms["aux"] = aux
             terms["z"] = torch.stack([z_loss(s.logits) for s in out.routing]).sum()
-            terms["total"] = out.loss + moe_cfg.aux_weight * aux + moe_cfg.z_weight * terms["z"]
+            terms["total"] = out.loss + aux_weight * aux + moe_cfg.z_weight * terms["z"]
         else:
             terms["total"] = out.loss
         return terms
@@ -93,6 +96,8 @@ class Trainer:
             for cb in self.callbacks:
                 extra.update(cb.on_before_optimizer_step(self, step + 1))
             self.optimizer.step()
+            if self.cfg.model.moe is not None and self.cfg.model.moe.uses_bias:
+                update_selection_bias(self.model, self.balance.counts, self.cfg.model.moe.bias_rate)
             self.state.nonfinite_streak = 0
         else:
             self.state.skipped_steps += 1
@@ -104,6 +109,8 @@ class Trainer:
         metrics = {_METRIC_NAMES[k]: float(v) for k, v in sums.items()}
         if "aux" in sums and self.cfg.model.moe.global_aux:
             metrics["moe/aux_loss"] = float(self.balance.value())  # exact step-level global aux
+        if self.balance.counts is not None:
+            metrics.update(balance_log(self.balance.counts))
         metrics.update(extra)
         metrics.update({"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/tokens": float(self.state.tokens), "train/skipped_steps": float(self.state.skipped_steps)})
