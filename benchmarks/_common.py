@@ -1,0 +1,104 @@
+"""Shared benchmark helpers: machine description, interleaved timing, markdown tables.
+
+Every benchmark times its candidates *side by side in one process*, interleaved (A B C A B C …, order rotated each
+round) and reports medians and ratios: absolute times on a shared machine are noise, ratios taken under the same
+load are not. The load average is sampled before and after the timed rounds and written into each results file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine(device: torch.device | str = "cpu") -> str:
+    device = torch.device(device)
+    text = (f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op threads")
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def sync(device: torch.device | str = "cpu") -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Time each callable ``repeats`` times, round-robin with the order rotated every round; seconds per call."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> list[str]:
+    align = align or ("l" + "r" * (len(header) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def command(script: str, argv: Sequence[str]) -> str:
+    return " ".join([".venv/bin/python", f"benchmarks/{script}", *argv])
+
+
+NOTES_MARKER = "<!-- analysis: kept across re-runs -->"
+
+
+def write(out: Path, lines: Sequence[str]) -> None:
+    """Write the generated tables; a hand-written analysis below NOTES_MARKER in an existing file is kept."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    if out.exists() and NOTES_MARKER in (old := out.read_text()):
+        text += "\n" + old[old.index(NOTES_MARKER):]
+    out.write_text(text)
+    print(text)
