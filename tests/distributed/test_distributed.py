@@ -29,7 +29,9 @@ TOL = 1e-5
 
 
 def _sets(corpus: Path, cache: Path, arch: str, optim: str, batch: int, **extra: object) -> list[str]:
-    return tiny_overrides(corpus, cache, moe=arch == "moe", **{
+    if arch == "moebias":  # aux-loss-free balancing: the bias update reads the all-reduced counts
+        extra = {"model.moe.balance": '"bias"', "model.moe.bias_rate": 0.05, **extra}
+    return tiny_overrides(corpus, cache, moe=arch.startswith("moe"), **{
         "optim.name": f'"{optim}"', "train.batch_size": batch, "train.max_steps": STEPS, "train.eval_every": STEPS,
         "train.eval_batches": 1, "train.ckpt_every": 100, "train.dtype": '"float32"', "train.device": '"cpu"',
         "monitor.every": 0, **extra})
@@ -120,6 +122,10 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
                 dirs[name] = root / name
                 sets = _sets(text_corpus, cache, arch, optim, 4, **{"train.parallel": f'"{parallel}"'})
                 jobs.append((name, _argv(sets, dirs[name])))
+    dirs["ref-muonh-moebias"] = root / "ref-muonh-moebias"
+    assert main(_argv(_sets(text_corpus, cache, "moebias", "muonh", 4 * WORLD), dirs["ref-muonh-moebias"])) == 0
+    dirs["ddp-muonh-moebias"] = root / "ddp-muonh-moebias"
+    jobs.append(("ddp-muonh-moebias", _argv(_sets(text_corpus, cache, "moebias", "muonh", 4), dirs["ddp-muonh-moebias"])))
     # Saved at world size 2 after 3 steps; the test resumes it in one process.
     dirs["split"] = root / "split"
     sets = _sets(text_corpus, cache, "moe", "muonh", 4, **{"train.parallel": '"fsdp"'})
@@ -214,3 +220,13 @@ def test_convert_to_single_file(runs: dict[str, Path], tmp_path: Path) -> None:
     _assert_close_weights(state["model"], _final_weights(runs["ref-adamh-dense"]))
     model, _ = checkpoint.load_model_from_run(tmp_path / "single")
     assert model.config.n_layers == 2
+
+
+def test_selection_bias_under_ddp_equals_one_process(runs: dict[str, Path]) -> None:
+    """The bias is updated from the step's global (all-reduced) counts, so it equals the one-process bias."""
+    ref, got = _final_weights(runs["ref-muonh-moebias"]), _final_weights(runs["ddp-muonh-moebias"])
+    biases = [k for k in ref if k.endswith("selection_bias")]
+    assert biases and all(ref[k].abs().sum() > 0 for k in biases)
+    for k in biases:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-7)
+    _assert_close_weights(ref, got)
