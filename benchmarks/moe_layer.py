@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     points = [QUICK] if args.quick else ([HEADLINE] if args.points == "headline" else sweep())
-    base_repeats = args.repeats or (2 if args.quick else 9)
+    base_repeats = args.repeats or (1 if args.quick else 9)
     load_before = loadavg()
     rows, details = [], []
     for p in points:

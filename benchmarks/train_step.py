@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args.presets = args.presets or (["tiny-moe"] if args.quick else ["tiny-dense", "tiny-moe"])
     overrides = QUICK_SETS if args.quick else []
     load_before = loadavg()
+    every = (0, 1) if args.quick else monitor_overhead.EVERY  # quick: half the trainers to build
     results = [bench_preset(str(ROOT / "configs" / f"{p}.toml"), overrides, steps, args.warmup,
-                            128 if args.quick else 1024) for p in args.presets]
+                            128 if args.quick else 1024, every) for p in args.presets]
     load_after = loadavg()
     argv_used = list(argv if argv is not None else sys.argv[1:])
     lines = report(results, command("train_step.py", argv_used), load_before, load_after, steps, args.warmup)
