@@ -73,7 +73,9 @@ class JSONLLogger(Callback):
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-        self.path.write_text("".join(line + "\n" for line in kept))
+        from train.checkpoint import write_atomic  # a kill during the rewrite must not lose the log
+
+        write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:

@@ -207,7 +207,6 @@ def save(trainer: Trainer) -> Path:
     if env.is_main:
         extra = trainer.checkpoint_state()
         del extra["model"], extra["optimizer"]  # in the DCP shards
-        extra["callback_names"] = [type(cb).__name__ for cb in trainer.callbacks]
         extra["world_size"] = env.world_size
         ckpt._write_file(tmp / TRAINER_FILE, _to_bytes(extra))
         manifest = {"format": DCP_FORMAT, "step": step, "world_size": env.world_size}
@@ -277,10 +276,7 @@ def resume(trainer: Trainer, path: Path) -> Path:
     if extra["config"]["model"] != trainer.cfg.to_dict()["model"]:
         raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's")
     load_into(path, trainer.model, trainer.optimizer)
-    by_name = dict(zip(extra.get("callback_names", []), extra["callbacks"], strict=False))
-    for cb in trainer.callbacks:
-        if type(cb).__name__ in by_name:
-            cb.load_state_dict(by_name[type(cb).__name__])
+    trainer.load_callback_states(extra["callbacks"])
     trainer.state = TrainState(**extra["trainer"])
     torch.set_rng_state(extra["rng"]["torch"])
     trainer.last_val_loss = extra.get("last_val_loss", float("nan"))
@@ -308,7 +304,7 @@ def to_single_file(path: Path) -> dict[str, Any]:
     model = build_model(cfg.model)
     optimizer = build_optimizer(model, cfg.optim, lr_scale=transfer_scale(cfg, extra.get("world_size", 1)))
     load_into(path, model, optimizer)
-    state = {k: v for k, v in extra.items() if k not in ("callback_names", "world_size")}
+    state = {k: v for k, v in extra.items() if k != "world_size"}
     state["model"] = model.state_dict()
     state["optimizer"] = optimizer.state_dict()
     return state

@@ -183,11 +183,17 @@ class Trainer:
             "trainer": asdict(self.state),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "last_val_loss": self.last_val_loss,
         }
+
+    def load_callback_states(self, states: dict[str, dict[str, Any]]) -> None:
+        """Restore each callback's state by its class name (callbacks added or removed since are fine)."""
+        for cb in self.callbacks:
+            if type(cb).__name__ in states:
+                cb.load_state_dict(states[type(cb).__name__])
 
     def save_checkpoint(self) -> Path:
         if self.dist.active:
@@ -212,8 +218,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-                cb.load_state_dict(cb_state)
+            self.load_callback_states(state["callbacks"])
             self.state = TrainState(**state["trainer"])
             torch.set_rng_state(state["rng"]["torch"])
             if state["rng"]["cuda"] is not None and torch.cuda.is_available():

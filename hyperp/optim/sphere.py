@@ -30,7 +30,12 @@ def check_mode(mode: str) -> str:
 def frobenius_norm(x: Tensor, mode: str = "per_expert") -> Tensor:
     """‖x‖_F per trailing matrix (keepdim), or over the whole tensor for ``mode="joint"``; fp32 accumulation."""
     dims = tuple(range(x.ndim)) if mode == "joint" else (-2, -1)
-    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=_acc_dtype(x))
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """fp32 accumulation for low-precision parameters, fp64 kept for fp64 ones."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def init_radius(param: Tensor, mode: str = "per_expert") -> Tensor:
@@ -55,10 +60,11 @@ def fixed_norm_update(
 
     ``norm`` is :func:`frobenius_norm` unless W and u are shards of a matrix (:mod:`hyperp.optim.sharded`).
     """
-    u = u.to(torch.float32)
+    acc = _acc_dtype(W)
+    u = u.to(acc)
     scale = (lr * R) / norm(u, mode).clamp(min=eps)
-    w = W.to(torch.float32) if W.dtype != torch.float32 else W
-    w.sub_(u * scale)
-    w.mul_(R / norm(w, mode).clamp(min=eps))
-    if w is not W:
-        W.copy_(w)
+    stepped = W.to(acc) - u * scale
+    n = norm(stepped, mode)
+    # A step exactly opposite to W (possible only when lr ≥ 1 and u ∥ W) lands on 0, where the sphere has no
+    # direction: keep W rather than pin it at zero forever.
+    W.copy_(torch.where(n > 0, stepped * (R / n.clamp(min=eps)), W.to(acc)))
