@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 
 from hyperp.errors import ConfigError
+from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
 
 
-class AdamH(torch.optim.Optimizer):
+class AdamH(MatrixOptimizer):
     """Adam direction, fixed-norm step of size lr·R, retraction to radius R; 2-D or (E, out, in) params."""
 
     def __init__(
@@ -38,22 +39,6 @@ class AdamH(torch.optim.Optimizer):
             raise ConfigError(f"optim.eps={eps} must be >= 0")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, expert_sphere=check_mode(expert_sphere))
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim not in (2, 3):
-                    raise ConfigError(f"AdamH parameter of shape {tuple(p.shape)} must be 2-D or 3-D (E, out, in)")
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         grad = p.grad

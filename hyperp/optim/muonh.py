@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from hyperp.errors import ConfigError
+from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.newton_schulz import Coeffs, newton_schulz, schedule
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
@@ -47,7 +48,7 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: Sequence[int]) -> floa
     return lr
 
 
-class MuonH(torch.optim.Optimizer):
+class MuonH(MatrixOptimizer):
     """Muon on the hypersphere (``sphere=True``) or plain Muon (``sphere=False``), for 2-D and (E, out, in) params."""
 
     def __init__(
@@ -81,29 +82,15 @@ class MuonH(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self._warned_wd = False
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim not in (2, 3):
-                    raise ConfigError(f"MuonH parameter of shape {tuple(p.shape)} must be 2-D or 3-D (E, out, in)")
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._warn_sphere_decay(group)
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
+    def _prepare_group(self, group: dict[str, Any]) -> None:
+        self._warn_sphere_decay(group)
 
     def _warn_sphere_decay(self, group: dict[str, Any]) -> None:
         if group["sphere"] and group["weight_decay"] > 0 and not self._warned_wd:
             warnings.warn(
                 "MuonH: weight_decay is ignored on the sphere (a first-order no-op, HyperP); set it to 0",
-                stacklevel=3,
+                stacklevel=4,  # the caller of step()
             )
             self._warned_wd = True
 
