@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from tests.conftest import tiny_overrides
+from tests.runs import argv, series
 
 WORLD = 2
 STEPS = 5
@@ -35,13 +36,6 @@ def _sets(corpus: Path, cache: Path, arch: str, optim: str, batch: int, **extra:
         "optim.name": f'"{optim}"', "train.batch_size": batch, "train.max_steps": STEPS, "train.eval_every": STEPS,
         "train.eval_batches": 1, "train.ckpt_every": 100, "train.dtype": '"float32"', "train.device": '"cpu"',
         "monitor.every": 0, **extra})
-
-
-def _argv(sets: list[str], out: Path, *extra: str) -> list[str]:
-    argv = ["--config", "configs/tiny-dense.toml", "--out", str(out), *extra]
-    for s in sets:
-        argv += ["--set", s]
-    return argv
 
 
 # ------------------------------------------------------------------------------------------------ the workers
@@ -113,7 +107,7 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     for optim in OPTIMS:
         for arch in ARCHS:
             dirs[f"ref-{optim}-{arch}"] = root / f"ref-{optim}-{arch}"
-            assert main(_argv(_sets(text_corpus, cache, arch, optim, 4 * WORLD), dirs[f"ref-{optim}-{arch}"])) == 0
+            assert main(argv(_sets(text_corpus, cache, arch, optim, 4 * WORLD), dirs[f"ref-{optim}-{arch}"])) == 0
     jobs: list[tuple[str, list[str]]] = [("aux", [])]
     for parallel in PARALLEL:
         for optim in OPTIMS:
@@ -121,27 +115,18 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
                 name = f"{parallel}-{optim}-{arch}"
                 dirs[name] = root / name
                 sets = _sets(text_corpus, cache, arch, optim, 4, **{"train.parallel": f'"{parallel}"'})
-                jobs.append((name, _argv(sets, dirs[name])))
+                jobs.append((name, argv(sets, dirs[name])))
     dirs["ref-muonh-moebias"] = root / "ref-muonh-moebias"
-    assert main(_argv(_sets(text_corpus, cache, "moebias", "muonh", 4 * WORLD), dirs["ref-muonh-moebias"])) == 0
+    assert main(argv(_sets(text_corpus, cache, "moebias", "muonh", 4 * WORLD), dirs["ref-muonh-moebias"])) == 0
     dirs["ddp-muonh-moebias"] = root / "ddp-muonh-moebias"
-    jobs.append(("ddp-muonh-moebias", _argv(_sets(text_corpus, cache, "moebias", "muonh", 4), dirs["ddp-muonh-moebias"])))
+    jobs.append(("ddp-muonh-moebias", argv(_sets(text_corpus, cache, "moebias", "muonh", 4), dirs["ddp-muonh-moebias"])))
     # Saved at world size 2 after 3 steps; the test resumes it in one process.
     dirs["split"] = root / "split"
     sets = _sets(text_corpus, cache, "moe", "muonh", 4, **{"train.parallel": '"fsdp"'})
-    jobs.append(("split", _argv(sets, dirs["split"], "--stop-after", "3")))
+    jobs.append(("split", argv(sets, dirs["split"], "--stop-after", "3")))
     torch.multiprocessing.spawn(_worker, args=(_free_port(), jobs, str(root)), nprocs=WORLD, join=True)
     dirs["root"], dirs["cache"] = root, cache
     return dirs
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -168,7 +153,7 @@ def _assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_data_parallel_equals_one_process(runs: dict[str, Path], parallel: str, optim: str, arch: str) -> None:
     ref, got = runs[f"ref-{optim}-{arch}"], runs[f"{parallel}-{optim}-{arch}"]
-    a, b = _losses(ref), _losses(got)
+    a, b = series(ref, "train/loss"), series(got, "train/loss")
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     for step in a:
         assert abs(a[step] - b[step]) <= TOL, (step, a[step], b[step])
@@ -202,8 +187,8 @@ def test_save_at_world_2_resume_at_world_1(runs: dict[str, Path], text_corpus: P
 
     split = runs["split"]
     sets = _sets(text_corpus, runs["cache"], "moe", "muonh", 4 * WORLD, **{"train.parallel": '"fsdp"'})
-    assert main(_argv(sets, split, "--resume")) == 0  # no torchrun: one plain process reads the DCP shards
-    a, b = _losses(runs["ref-muonh-moe"]), _losses(split)
+    assert main(argv(sets, split, "--resume")) == 0  # no torchrun: one plain process reads the DCP shards
+    a, b = series(runs["ref-muonh-moe"], "train/loss"), series(split, "train/loss")
     assert sorted(b) == list(range(1, STEPS + 1))
     for step in a:
         assert abs(a[step] - b[step]) <= TOL, (step, a[step], b[step])

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperp.errors import ConfigError
-from tests.reliability._runs import argv, assert_one_line_error, tiny
+from tests.conftest import tiny_overrides
+from tests.runs import argv, assert_one_line_error
 from train.__main__ import main, parse_args
 from train.config import RunConfig, build, dump_toml, load_config
 
@@ -59,7 +60,7 @@ CASES = {  # extra --set strings (after the tiny ones) / extra CLI args → text
 def test_bad_input_is_one_line(case: str, text_corpus: Path, tmp_path: Path, capsys) -> None:
     sets, extra, needle = CASES[case]
     out = tmp_path / "run"
-    rc, err = _run(capsys, argv([*tiny(text_corpus, tmp_path / "cache"), *sets], out, *extra))
+    rc, err = _run(capsys, argv([*tiny_overrides(text_corpus, tmp_path / "cache"), *sets], out, *extra))
     assert rc == 2
     assert_one_line_error(rc, err, needle)
     assert not out.exists()  # nothing half-written
@@ -91,7 +92,7 @@ def test_missing_and_corrupt_config_file(tmp_path: Path, capsys) -> None:
 
 
 def test_out_is_a_file_or_under_a_file(text_corpus: Path, tmp_path: Path, capsys) -> None:
-    sets = tiny(text_corpus, tmp_path / "cache")
+    sets = tiny_overrides(text_corpus, tmp_path / "cache")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(*_run(capsys, argv(sets, blocker)), str(blocker), "not a directory")
@@ -100,7 +101,7 @@ def test_out_is_a_file_or_under_a_file(text_corpus: Path, tmp_path: Path, capsys
 
 
 def test_corrupt_data_cache_is_one_line(text_corpus: Path, tmp_path: Path, capsys) -> None:
-    sets = tiny(text_corpus, tmp_path / "cache", **{"train.max_steps": 1})
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 1})
     assert main(argv(sets, tmp_path / "ok")) == 0
     manifests = list((tmp_path / "cache").rglob("manifest.json"))
     token_files = [p for p in manifests[0].parent.iterdir() if p.name.startswith("train") and p.suffix != ".json"]

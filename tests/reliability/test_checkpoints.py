@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from hyperp.errors import CheckpointError
-from tests.reliability._runs import argv, assert_one_line_error, series, tiny
+from tests.conftest import tiny_overrides
+from tests.runs import argv, assert_one_line_error, series
 from train import checkpoint
 from train.__main__ import main
 
@@ -81,7 +82,7 @@ def test_resave_and_prune_never_leave_a_half_checkpoint(tmp_path: Path, monkeypa
 def test_resume_falls_back_past_a_corrupt_checkpoint_and_continues_identically(
     text_corpus: Path, tmp_path: Path, capsys
 ) -> None:
-    sets = tiny(text_corpus, tmp_path / "cache", **{"train.max_steps": 4, "train.ckpt_every": 1,
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 4, "train.ckpt_every": 1,
                                                     "train.keep_checkpoints": 3})
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(argv(sets, straight)) == 0
@@ -108,7 +109,7 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_continues_identically(
 
 
 def test_every_checkpoint_corrupt_is_one_line_error(text_corpus: Path, tmp_path: Path, capsys) -> None:
-    sets = tiny(text_corpus, tmp_path / "cache", **{"train.max_steps": 4})
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 4})
     run = tmp_path / "run"
     assert main(argv(sets, run, "--stop-after", "1")) == 0
     for path in checkpoint.list_checkpoints(run):
@@ -123,7 +124,7 @@ def test_every_checkpoint_corrupt_is_one_line_error(text_corpus: Path, tmp_path:
 
 
 def test_resume_with_another_model_config_changes_nothing(text_corpus: Path, tmp_path: Path, capsys) -> None:
-    sets = tiny(text_corpus, tmp_path / "cache", **{"train.max_steps": 4})
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 4})
     run = tmp_path / "run"
     assert main(argv(sets, run, "--stop-after", "2")) == 0
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability._runs import argv, records, series, tiny
+from tests.conftest import tiny_overrides
+from tests.runs import argv, records, series
 from train import checkpoint
 from train.__main__ import main
 from train.build import build_callbacks, build_components
@@ -54,7 +55,7 @@ def _poison(trainer: Trainer, bad_steps: set[int], micro: int | None = None) -> 
 
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
 def test_nan_batch_skips_step_and_leaves_state_untouched(text_corpus: Path, tmp_path: Path, capsys, moe: bool) -> None:
-    cfg = load_config("configs/tiny-dense.toml", tiny(text_corpus, tmp_path / "cache", moe=moe,
+    cfg = load_config("configs/tiny-dense.toml", tiny_overrides(text_corpus, tmp_path / "cache", moe=moe,
                                                       **{"train.grad_accum": 2, "train.max_steps": 4}))
     parts = build_components(cfg)
     (tmp_path / "run").mkdir()
@@ -91,7 +92,7 @@ def test_consecutive_nan_steps_stop_with_checkpoint_of_last_good_state(
         return {k: v * float("nan") for k, v in terms.items()} if self.state.step + 1 >= 3 else terms
 
     monkeypatch.setattr(Trainer, "_losses", losses)
-    sets = tiny(text_corpus, tmp_path / "cache", **{"train.max_steps": 8, "train.ckpt_every": 1,
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 8, "train.ckpt_every": 1,
                                                     "train.max_nonfinite": 2, "train.keep_checkpoints": 5})
     run = tmp_path / "run"
     rc = main(argv(sets, run))

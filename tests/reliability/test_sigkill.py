@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._runs import argv, records, series, tiny
+from tests.conftest import tiny_overrides
+from tests.runs import argv, records, series
 from train.checkpoint import checkpoint_dir, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ STEPS = 10
 
 
 def _sets(corpus: Path, cache: Path) -> list[str]:
-    return tiny(corpus, cache, **{"train.max_steps": STEPS, "train.ckpt_every": 1, "train.eval_every": 5,
+    return tiny_overrides(corpus, cache, **{"train.max_steps": STEPS, "train.ckpt_every": 1, "train.eval_every": 5,
                                   "train.keep_checkpoints": 2})
 
 

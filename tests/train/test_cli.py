@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,42 +9,27 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
+from tests.runs import argv, series
 from train.__main__ import main
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
-
-
-def _argv(sets: list[str], out: Path, *extra: str) -> list[str]:
-    argv = ["--config", "configs/tiny-dense.toml", "--out", str(out), *extra]
-    for s in sets:
-        argv += ["--set", s]
-    return argv
 
 
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
 def test_resume_continues_identically(text_corpus: Path, tmp_path: Path, moe: bool) -> None:
     sets = tiny_overrides(text_corpus, tmp_path / "cache", moe=moe)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(_argv(sets, straight)) == 0
-    assert main(_argv(sets, split, "--stop-after", "3")) == 0
-    assert main(_argv(sets, split, "--resume")) == 0
-    a, b = _losses(straight), _losses(split)
+    assert main(argv(sets, straight)) == 0
+    assert main(argv(sets, split, "--stop-after", "3")) == 0
+    assert main(argv(sets, split, "--resume")) == 0
+    a, b = series(straight, "train/loss"), series(split, "train/loss")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert a == b
 
 
 def test_existing_run_is_never_overwritten(text_corpus: Path, tmp_path: Path, capsys) -> None:
     sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 3})
-    assert main(_argv(sets, tmp_path / "run")) == 0
+    assert main(argv(sets, tmp_path / "run")) == 0
     before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert main(_argv(sets, tmp_path / "run")) == 2
+    assert main(argv(sets, tmp_path / "run")) == 2
     assert "already has checkpoints" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
 

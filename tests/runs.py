@@ -1,11 +1,9 @@
-"""Shared helpers: tiny run argv, metrics readers, one-line error checks."""
+"""Shared test helpers: the CLI argv of a tiny run, metrics readers, one-line error checks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from tests.conftest import tiny_overrides
 
 CONFIG = "configs/tiny-dense.toml"
 
@@ -15,10 +13,6 @@ def argv(sets: list[str], out: Path, *extra: str) -> list[str]:
     for s in sets:
         args += ["--set", s]
     return args
-
-
-def tiny(corpus: Path, cache: Path, **extra: object) -> list[str]:
-    return tiny_overrides(corpus, cache, **extra)
 
 
 def records(run_dir: Path) -> list[dict]:
