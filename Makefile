@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN := runs/tiny-moe-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install train test test-all data clean-venv
+.PHONY: install install-gpu train test test-all data clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,13 @@ test-all: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU machine whose CUDA torch is already installed (system or conda python): install around it, never touching
+# torch; MegaBlocks and its CUDA extensions are built against that torch (see ../shared/DATA.md).
+GPU_PY ?= python3
+install-gpu:
+	$(GPU_PY) -m pip install --no-deps -e .
+	$(GPU_PY) -m pip install 'transformers>=5,<6' tokenizers safetensors einops numpy tqdm matplotlib wandb tiktoken \
+		pytest hypothesis
+	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" $(GPU_PY) -m pip install --no-deps --no-build-isolation \
+		stanford-stk==0.7.1 grouped_gemm==0.3.0 megablocks
