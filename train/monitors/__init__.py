@@ -18,7 +18,9 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
   ``monitor/sphere_norm_drift``.
 
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
-``grad_norm_spike``, ``z_growth``, ``rms_growth``, ``outlier_frac``, ``expert_imbalance``.
+``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
+10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``
+(max/mean > 3), from ``alarm_start`` on. Threshold alarms fire once and re-arm when the value falls back.
 """
 
 from __future__ import annotations
