@@ -165,14 +165,14 @@ def test_expert_load_window_counts_training_forwards_only() -> None:
     got = {k: float(v) for k, v in load.report().items()}
     c = total.double().numpy()
     assert [got[f"monitor/expert_tokens/layer_01/expert_{e:02d}"] for e in range(4)] == c.tolist()
-    assert got["monitor/expert_load/max_over_mean/layer_01"] == pytest.approx(c.max() / c.mean())
+    assert got["monitor/expert_load/max_mean/layer_01"] == pytest.approx(c.max() / c.mean())
     assert got["monitor/expert_load/maxvio/layer_01"] == pytest.approx((c.max() - c.mean()) / c.mean())
     assert got["monitor/expert_load/cv/layer_01"] == pytest.approx(c.std() / c.mean(), rel=1e-5)
     assert got["monitor/expert_load/dead/layer_01"] == float((c == 0).sum())
     assert got["monitor/expert_load/maxvio_mean"] == got["monitor/expert_load/maxvio/layer_01"]
     assert load.report() == {}  # the window restarts after each report
     dead = S.expert_load(torch.tensor([5.0, 0.0, 3.0, 0.0]))
-    assert float(dead["dead"]) == 2 and float(dead["max_over_mean"]) == pytest.approx(2.5)
+    assert float(dead["dead"]) == 2 and float(dead["max_mean"]) == pytest.approx(2.5)
 
 
 # ---------------------------------------------------------------------------------------------------- alarms
@@ -197,13 +197,13 @@ def test_threshold_and_growth_alarms_fire_once_until_cleared() -> None:
     assert alarms.check(5, {"monitor/z_attn/layer_00": 0.01, "monitor/outlier_frac/resid/layer_00": 0.5}) == []
     assert alarms.check(10, {"monitor/z_attn/layer_00": 2.0, "monitor/rms/layer_00": 1.0,
                              "monitor/outlier_frac/resid/layer_00": 0.0,
-                             "monitor/expert_load/max_over_mean/layer_01": 1.2}) == []
+                             "monitor/expert_load/max_mean/layer_01": 1.2}) == []
     fired = alarms.check(20, {"monitor/z_attn/layer_00": 25.0, "monitor/rms/layer_00": 3.0,
                               "monitor/outlier_frac/resid/layer_00": 0.02,
-                              "monitor/expert_load/max_over_mean/layer_01": 3.5})
+                              "monitor/expert_load/max_mean/layer_01": 3.5})
     assert {(a.alarm, a.metric, a.threshold) for a in fired} == {
         ("z_growth", "monitor/z_attn/layer_00", 20.0), ("outlier_frac", "monitor/outlier_frac/resid/layer_00", 0.01),
-        ("expert_imbalance", "monitor/expert_load/max_over_mean/layer_01", 3.0)}
+        ("expert_imbalance", "monitor/expert_load/max_mean/layer_01", 3.0)}
     assert alarms.check(30, {"monitor/z_attn/layer_00": 26.0}) == []  # still raised: no repeat
     assert alarms.check(40, {"monitor/z_attn/layer_00": 3.0}) == []  # cleared
     assert [a.alarm for a in alarms.check(50, {"monitor/z_attn/layer_00": 30.0})] == ["z_growth"]

@@ -11,8 +11,8 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
 - Outliers, on the residual stream (``resid``) and the MLP/MoE input (``mlp_in``):
   ``monitor/outlier_frac/{resid,mlp_in}/layer_XX`` (|x| > 6·RMS), ``monitor/max_over_rms/...``,
   ``monitor/kurtosis/...`` (excess); SPEC's ``monitor/outlier_pct/{attn,mlp}/layer_XX`` (% of |x − μ_tok| > 5σ_tok).
-- Expert load over the window since the last monitor step: ``monitor/expert_load/{max_over_mean,maxvio,cv,dead}/layer_XX``,
-  ``monitor/expert_load/{max_over_mean,maxvio,cv}_mean``, ``monitor/expert_load/dead_total``,
+- Expert load over the window since the last monitor step: ``monitor/expert_load/{max_mean,maxvio,cv,dead}/layer_XX``,
+  ``monitor/expert_load/{max_mean,maxvio,cv}_mean``, ``monitor/expert_load/dead_total``,
   ``monitor/expert_tokens/layer_XX/expert_YY``.
 - Optimizer health: ``monitor/grad_norm/G``, ``monitor/weight_norm/G``, ``monitor/update_ratio/G``,
   ``monitor/sphere_norm_drift``.

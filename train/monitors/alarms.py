@@ -64,7 +64,7 @@ _RULES = (
     ("z_growth", "monitor/z_*", "growth", "z_growth"),
     ("rms_growth", "monitor/rms/*", "growth", "rms_growth"),
     ("outlier_frac", "monitor/outlier_frac/*", "above", "outlier_frac"),
-    ("expert_imbalance", "monitor/expert_load/max_over_mean/*", "above", "expert_max_mean"),
+    ("expert_imbalance", "monitor/expert_load/max_mean/*", "above", "expert_max_mean"),
 )
 SPIKE_METRICS = {"train/loss": "loss_spike", "train/grad_norm": "grad_norm_spike"}
 

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from moe.balance import balance_metrics
+
 
 def rms(x: Tensor) -> Tensor:
     """√mean(x²) over all elements."""
@@ -69,12 +71,5 @@ def attention_logit_stats(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def expert_load(counts: Tensor) -> dict[str, Tensor]:
-    """Balance of one layer's token-slot counts (E,): max/mean, CV, MaxVio = (max − mean)/mean, dead experts."""
-    counts = counts.float()
-    mean = counts.mean().clamp_min(1e-30)
-    return {
-        "max_over_mean": counts.max() / mean,
-        "maxvio": (counts.max() - mean) / mean,
-        "cv": counts.std(unbiased=False) / mean,
-        "dead": (counts == 0).float().sum(),
-    }
+    """Balance of one layer's token-slot counts (E,): the shared metrics of :func:`moe.balance.balance_metrics`."""
+    return balance_metrics(counts)
