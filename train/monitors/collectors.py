@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hyperp.optim.sharded import full
+
 from train.monitors import stats as S
 
 
@@ -183,13 +185,14 @@ def _group_params(optimizer: Any) -> dict[str, list[Tensor]]:
 
 
 def _sq_sum(tensors: list[Tensor]) -> Tensor:
-    return torch.stack([t.detach().float().square().sum() for t in tensors]).sum()
+    # full(): FSDP2 shards are DTensors; gather each whole tensor (monitor steps only, one tensor at a time).
+    return torch.stack([full(t.detach()).float().square().sum() for t in tensors]).sum()
 
 
 def _matrix_norms(p: Tensor, mode: str) -> Tensor:
     """Per-matrix Frobenius norms as the sphere retraction keeps them (per expert for 3-D unless ``joint``)."""
     dims = tuple(range(p.ndim)) if (mode == "joint" or p.ndim < 2) else (-2, -1)
-    return torch.linalg.vector_norm(p.detach(), dim=dims, dtype=torch.float32).reshape(-1)
+    return torch.linalg.vector_norm(full(p.detach()), dim=dims, dtype=torch.float32).reshape(-1)
 
 
 class OptimizerHealth:
