@@ -70,12 +70,14 @@ def load_sweep(name: str) -> list[dict[str, Any]]:
     return [r for r in runs if r is not None]
 
 
-def sweep_time(runs: list[dict[str, Any]]) -> str:
+def sweep_time(runs: list[dict[str, Any]], wall: bool = True) -> str:
     if not runs:
         return "n/a"
-    wall = max(r["t1"] for r in runs) - min(r["t0"] for r in runs)
+    span = max(r["t1"] for r in runs) - min(r["t0"] for r in runs)
     busy = sum(r["seconds"] for r in runs)
-    return f"{len(runs)} runs, wall {wall / 60:.1f} min (sum of per-run training time {busy / 60:.1f} min)"
+    if not wall:
+        return f"{len(runs)} runs, sum of per-run training time {busy / 60:.1f} min"
+    return f"{len(runs)} runs, wall {span / 60:.1f} min (sum of per-run training time {busy / 60:.1f} min)"
 
 
 def machine() -> str:
