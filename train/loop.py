@@ -6,7 +6,6 @@ Everything that watches the run (progress bar, JSONL, wandb, checkpoints, monito
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -241,7 +240,3 @@ def _first_difference(saved: Any, current: Any, key: str) -> str | None:
                 return diff
         return None
     return None if saved == current else f"{key}: checkpoint {saved!r}, this run {current!r}"
-
-
-def null_autocast() -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from train.callbacks import Callback, JSONLLogger
 from train.monitors import MonitorConfig, monitor_callbacks
 from train.monitors import stats as S
 from train.monitors.alarms import Alarms, SpikeDetector
-from train.monitors.callback import MonitorCallback
 from train.monitors.collectors import ActivationCollector, ExpertLoad
 
 
