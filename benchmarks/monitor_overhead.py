@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,17 +28,9 @@ from train.build import build_callbacks, build_components  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.loop import Trainer  # noqa: E402
 
+from _common import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 EVERY = (0, 1, 10, 100)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_trainer(config: str, every: int, steps: int, run_dir: Path) -> Trainer:
