@@ -56,6 +56,7 @@ def tiny_overrides(corpus: Path, cache: Path, moe: bool = False, **extra: object
         "train.eval_batches": 2,
         "train.ckpt_every": 3,
         "train.log_every": 1,
+        "train.device": '"cpu"',  # CPU tests never pick a GPU by accident (auto would take CUDA + bf16 autocast)
         "log.wandb": '"disabled"',
         "log.progress": "false",
     }

@@ -59,6 +59,11 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def param_dtype(cfg: RunConfig) -> torch.dtype:
+    """Parameters stay fp32 masters (bf16 comes from autocast / FSDP mixed precision) unless the run is fp64."""
+    return torch.float64 if cfg.train.dtype == "float64" else torch.float32
+
+
 def run_scale(cfg: RunConfig, world_size: int = 1) -> Scale:
     """A run's point in the HyperP family: width, depth, training tokens, batch tokens, granularity."""
     t = cfg.train
@@ -89,7 +94,8 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
         from hyperp.errors import ConfigError
 
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
-    model = build_model(cfg.model).to(device)  # same seed on every rank: identical initial weights
+    # Same seed on every rank: identical initial weights (initialized in fp32, then cast for float64 runs).
+    model = build_model(cfg.model).to(device=device, dtype=param_dtype(cfg))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this

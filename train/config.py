@@ -42,7 +42,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU. float64: parameters and activations in fp64 (numerical tests:
+    # rounding ~1e-16 makes two reduction orders comparable with a machine-independent bound).
+    dtype: Literal["auto", "float32", "bfloat16", "float64"] = "auto"
     max_nonfinite: int = 5  # consecutive skipped (NaN/Inf) steps before the run stops
     # Data parallelism under torchrun (train.distributed; ignored in a plain single-process run). batch_size is
     # per rank: the global batch is batch_size × grad_accum × world_size.

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class DistEnv:
         if not self.active or not values:
             return values
         names = list(values)
-        stacked = torch.stack([torch.as_tensor(values[n]).detach().float().reshape(()) for n in names])
+        scalars = [torch.as_tensor(values[n]).detach().reshape(()) for n in names]
+        stacked = torch.stack(scalars).to(at_least_fp32(scalars[0].dtype))  # fp64 runs keep fp64 means
         dist.all_reduce(stacked)
         stacked /= self.world_size
         return dict(zip(names, stacked.unbind(), strict=True))
@@ -157,7 +159,7 @@ def wrap(model: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device) -
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    bf16 = device.type == "cuda" and cfg.train.dtype != "float32"
+    bf16 = device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16")
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for block in model.layers:
         fully_shard(block, mp_policy=mp)
@@ -296,12 +298,12 @@ def to_single_file(path: Path) -> dict[str, Any]:
     """A DCP checkpoint as the single-process checkpoint dict (:meth:`train.loop.Trainer.checkpoint_state`)."""
     from hyperp import build_optimizer
     from models.qwen3 import build_model
-    from train.build import transfer_scale
+    from train.build import param_dtype, transfer_scale
     from train.config import RunConfig, build
 
     extra = read_extra(path)
     cfg = build(RunConfig, extra["config"])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(dtype=param_dtype(cfg))
     optimizer = build_optimizer(model, cfg.optim, lr_scale=transfer_scale(cfg, extra.get("world_size", 1)))
     load_into(path, model, optimizer)
     state = {k: v for k, v in extra.items() if k != "world_size"}

@@ -139,7 +139,7 @@ class Trainer:
         losses = []
         for inputs, targets in self.val_batches:
             with self.autocast():
-                losses.append(self.model(inputs.to(self.device), targets.to(self.device)).loss.float())
+                losses.append(self.model(inputs.to(self.device), targets.to(self.device)).loss)  # fp32 (fp64 runs: fp64)
         self.last_val_loss = float(self.dist.mean({"val": torch.stack(losses).mean()})["val"])
         return {"val/loss": self.last_val_loss}
 

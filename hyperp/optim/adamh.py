@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.errors import ConfigError
 from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
@@ -47,14 +48,14 @@ class AdamH(MatrixOptimizer):
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=at_least_fp32(p.dtype))
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=at_least_fp32(p.dtype))
             state["radius"] = init_radius(full(p), group["expert_sphere"])  # full even when p is sharded
         beta1, beta2 = group["betas"]
         state["step"] += 1
         step = float(state["step"])
         # Element-wise on this rank's shard (moments stay sharded like p); only the norms are global.
-        g = local(grad).to(torch.float32)
+        g = local(grad).to(state["exp_avg"].dtype)
         exp_avg, exp_avg_sq = local(state["exp_avg"]), local(state["exp_avg_sq"])
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)

@@ -56,9 +56,12 @@ def schedule(coefficients: str | Coeffs | Sequence[Coeffs], steps: int) -> list[
     return [tuple(float(x) for x in t) for t in seq]  # type: ignore[misc]
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators (speed; Muon is robust to it), fp32 on CPU (bf16 matmul is slow there)."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+def default_dtype(G: Tensor) -> torch.dtype:
+    """bf16 on accelerators (speed; Muon is robust to it), fp32 on CPU (bf16 matmul is slow there); fp64 input
+    stays fp64 (numerical tests compare reduction orders at fp64 rounding, see ``train.dtype = "float64"``)."""
+    if G.dtype == torch.float64:
+        return torch.float64
+    return torch.float32 if G.device.type == "cpu" else torch.bfloat16
 
 
 def newton_schulz(
@@ -75,7 +78,7 @@ def newton_schulz(
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a (..., m, n) tensor, got shape {tuple(G.shape)}")
     coefs = schedule(coefficients, steps)
-    X = G.to(dtype or default_dtype(G.device))
+    X = G.to(dtype or default_dtype(G))
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT

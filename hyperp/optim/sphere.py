@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.errors import ConfigError
 
 EXPERT_SPHERE_MODES = ("per_expert", "joint")
@@ -35,7 +36,7 @@ def frobenius_norm(x: Tensor, mode: str = "per_expert") -> Tensor:
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
     """fp32 accumulation for low-precision parameters, fp64 kept for fp64 ones."""
-    return torch.promote_types(x.dtype, torch.float32)
+    return at_least_fp32(x.dtype)
 
 
 def init_radius(param: Tensor, mode: str = "per_expert") -> Tensor:
