@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hyperp.errors import CheckpointError
+from train.errors import CheckpointError
 
 FORMAT_VERSION = 1
 _PREFIX = "step_"

@@ -14,7 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from hyperp.errors import CheckpointError, HyperpError
+from hyperp.errors import HyperpError
+from train.errors import CheckpointError
 
 
 def convert(src: str | Path, out: str | Path, hf: str | Path | None = None) -> Path:

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hyperp.errors import CheckpointError, ConfigError
+from hyperp.errors import ConfigError
+from train.errors import CheckpointError
 
 if TYPE_CHECKING:
     from train.config import RunConfig

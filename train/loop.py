@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hyperp.errors import CheckpointError
+from train.errors import CheckpointError
 from moe.balance import balance_log, update_selection_bias
 from moe.losses import GlobalBalance, micro_batch_aux, z_loss
 from train import checkpoint, distributed

@@ -88,6 +88,32 @@ def test_schedule_reaches_inner_groups() -> None:
     assert all(g["lr"] == 0.5 * g["base_lr"] for inner in opt.optimizers for g in inner.param_groups)
 
 
+def test_container_is_an_optimizer_hooks_and_lr_schedulers_reach_inner_groups() -> None:
+    """A torch LR scheduler and step hooks on the container act on the inner optimizers (torchtitan's container)."""
+    model = Tiny()
+    opt = build_optimizer(model, OptimConfig(lr=0.01))
+    assert isinstance(opt, torch.optim.Optimizer)
+    seen: list[object] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch)
+    for expected in (0.01, 0.005, 0.0025):
+        assert [g["lr"] for inner in opt.optimizers for g in inner.param_groups] == pytest.approx([expected] * 3)
+        model(torch.tensor([1, 2, 3])).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+    assert seen == [opt] * 3
+    assert "radius" in opt.state[model.proj] and "exp_avg" in opt.state[model.norm]  # MuonH's / Adam's state
+    owned = [{id(p) for g in inner.param_groups for p in g["params"]} for inner in opt.optimizers]
+    assert all({id(p) for p in inner.state} <= ids for inner, ids in zip(opt.optimizers, owned))  # no stray entries
+    assert len(opt.state) == len(list(model.parameters()))
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # replaces the inner group dicts and state objects
+    for g in opt.param_groups:
+        g["lr"] = 0.125
+    assert [g["lr"] for inner in opt.optimizers for g in inner.param_groups] == [0.125] * 3
+    assert "exp_avg" in opt.state[model.norm]
+
+
 def test_undeclared_parameter_raises() -> None:
     model = Tiny()
     model.extra = nn.Parameter(torch.randn(3))

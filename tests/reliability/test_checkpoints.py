@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperp.errors import CheckpointError
+from train.errors import CheckpointError
 from tests.conftest import tiny_overrides
 from tests.runs import argv, assert_one_line_error, series
 from train import checkpoint
