@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from hyperp import build_optimizer
-from hyperp.transfer import Scale, lr_multiplier
 from models.qwen3 import Qwen3, build_model
 from train.callbacks import Callback, JSONLLogger, PeriodicCheckpoint, ProgressBar, WandbLogger
 from train.config import RunConfig
 from train.monitors import monitor_callbacks
 from train.data import BatchSampler, PreparedData, prepare
 from train.distributed import DistEnv, checkpoint_activations, device_for, wrap
+from train.transfer import derive_run
 
 
 @dataclass
@@ -30,7 +30,6 @@ class Components:
     sampler: BatchSampler
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
-    lr_scale: float
     dist: DistEnv = DistEnv()  # rank / world size under torchrun (train.distributed)
     train_model: torch.nn.Module | None = None  # what training calls: the DDP wrapper; None → model
 
@@ -59,23 +58,6 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def run_scale(cfg: RunConfig, world_size: int = 1) -> Scale:
-    """A run's point in the HyperP family: width, depth, training tokens, batch tokens, granularity."""
-    t = cfg.train
-    batch_tokens = float(t.grad_accum * t.batch_size * world_size * cfg.data.seq_len)
-    return Scale(width=cfg.model.hidden, depth=cfg.model.n_layers, tokens=batch_tokens * t.max_steps,
-                 batch_tokens=batch_tokens, granularity=cfg.model.moe.top_k if cfg.model.moe else 1)
-
-
-def transfer_scale(cfg: RunConfig, world_size: int = 1) -> float:
-    """HyperP lr multiplier from the ``[hyperp]`` base scale to this run's scale (1 when no base is given)."""
-    target, h = run_scale(cfg, world_size), cfg.hyperp
-    base = Scale(width=h.base_width or target.width, depth=h.base_depth or target.depth,
-                 tokens=h.base_tokens or target.tokens, batch_tokens=h.base_batch_tokens or target.batch_tokens,
-                 granularity=target.granularity)
-    return lr_multiplier(base, target)
-
-
 def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     seed_everything(cfg.train.seed)
     device = device_for(env, resolve_device(cfg.train.device))
@@ -93,9 +75,8 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
-    lr_scale = transfer_scale(cfg, env.world_size)
-    optimizer = build_optimizer(model, cfg.optim, lr_scale=lr_scale)
-    return Components(model, optimizer, data, sampler, device, autocast_for(cfg, device), lr_scale, env,
+    optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, env.world_size).transfer_factor)
+    return Components(model, optimizer, data, sampler, device, autocast_for(cfg, device), env,
                       None if train_model is model else train_model)
 
 

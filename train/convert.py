@@ -3,7 +3,7 @@ checkpoint → the single-file checkpoint of a one-process run (and optionally t
 
 SRC is a checkpoint directory (``runs/NAME/checkpoints/step_000100``) or a run directory (its newest
 checkpoint). RUN_DIR receives ``checkpoints/step_N/{state.pt, manifest.json}`` plus the source run's
-``config.toml`` and ``tokenizer/``, so ``python -m train --resume``, ``train.generate`` and ``python -m models.hf``
+``config.toml`` and ``tokenizer/``, so ``python -m train --resume``, ``train.generate`` and ``train.export``
 read it like any run. No process group is needed: DCP reshards to one process.
 """
 
@@ -34,9 +34,9 @@ def convert(src: str | Path, out: str | Path, hf: str | Path | None = None) -> P
     if (run_dir / "tokenizer").is_dir() and run_dir.resolve() != out.resolve():
         shutil.copytree(run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     if hf is not None:
-        from models.hf import export
+        from train.export import export_run
 
-        export(out, hf)
+        export_run(out, hf)
     return written
 
 

@@ -297,13 +297,13 @@ def to_single_file(path: Path) -> dict[str, Any]:
     """A DCP checkpoint as the single-process checkpoint dict (:meth:`train.loop.Trainer.checkpoint_state`)."""
     from hyperp import build_optimizer
     from models.qwen3 import build_model
-    from train.build import transfer_scale
+    from train.transfer import derive_run
     from train.config import RunConfig, build
 
     extra = read_extra(path)
     cfg = build(RunConfig, extra["config"])
     model = build_model(cfg.model)
-    optimizer = build_optimizer(model, cfg.optim, lr_scale=transfer_scale(cfg, extra.get("world_size", 1)))
+    optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, extra.get("world_size", 1)).transfer_factor)
     load_into(path, model, optimizer)
     state = {k: v for k, v in extra.items() if k != "world_size"}
     state["model"] = model.state_dict()
