@@ -1,9 +1,10 @@
 """torch.distributed on CPU (gloo, world size 2, spawned from pytest): DDP and FSDP2 equal one process.
 
 One spawn runs every distributed job (process start-up dominates on a 2-core machine): 5-step trainings for
-{ddp, fsdp} × {adamw, muonh, adamh} × {dense, moe} with batch 4 per rank, a run stopped after 3 steps for the
-resume test, and the global aux loss check. The single-process references (batch 8 = the same global batch) run in
-the pytest process.
+{ddp, fsdp} × {adamw, muonh, adamh} × {dense, moe} with batch 4 per rank, {ddp, fsdp} MoE runs with 2 micro-batches
+of 2 per rank (gradients all-reduced on the last micro-batch only), a run stopped after 3 steps for the resume test,
+and the global aux loss check. The single-process references (the same global micro-batches) run in the pytest
+process.
 """
 
 from __future__ import annotations
@@ -66,6 +67,29 @@ def _aux_problem() -> tuple[list[torch.nn.Module], torch.Tensor]:
     return routers, torch.randn(24, 16)
 
 
+def _run_counting_reductions(argv: list[str], path: Path) -> None:
+    """A training whose DDP gradient all-reduces are counted (a comm hook: one call per bucket and synced backward)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from train import build
+    from train.__main__ import run
+
+    calls: list[int] = []
+    original = build.wrap
+
+    def wrap(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        module = original(*args, **kwargs)
+        module.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(state, bucket))
+        return module
+
+    build.wrap = wrap
+    try:
+        run(argv)
+    finally:
+        build.wrap = original
+    path.write_text(str(len(calls)))
+
+
 def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]], out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -78,6 +102,8 @@ def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]], out: str) -
             try:
                 if name == "aux":
                     _aux_job(Path(out), rank)
+                elif name.startswith("ddp-muonh-moe"):
+                    _run_counting_reductions(argv, Path(out) / f"reductions-{name}-rank{rank}.txt")
                 else:
                     run(argv)
             except BaseException:
@@ -122,6 +148,15 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     assert main(argv(_sets(text_corpus, cache, "moebias", "muonh", 4 * WORLD), dirs["ref-muonh-moebias"])) == 0
     dirs["ddp-muonh-moebias"] = root / "ddp-muonh-moebias"
     jobs.append(("ddp-muonh-moebias", argv(_sets(text_corpus, cache, "moebias", "muonh", 4), dirs["ddp-muonh-moebias"])))
+    # 2 micro-batches of 2 per rank: each global micro-batch is the one-process reference's micro-batch of 4.
+    dirs["ref-muonh-moe-accum"] = root / "ref-muonh-moe-accum"
+    accum = {"train.grad_accum": 2}
+    assert main(argv(_sets(text_corpus, cache, "moe", "muonh", 2 * WORLD, **accum), dirs["ref-muonh-moe-accum"])) == 0
+    for parallel in PARALLEL:
+        name = f"{parallel}-muonh-moe-accum"
+        dirs[name] = root / name
+        jobs.append((name, argv(_sets(text_corpus, cache, "moe", "muonh", 2, **accum, **{"train.parallel": f'"{parallel}"'}),
+                                dirs[name])))
     # Saved at world size 2 after 3 steps; the test resumes it in one process.
     dirs["split"] = root / "split"
     sets = _sets(text_corpus, cache, "moe", "muonh", 4, **{"train.parallel": '"fsdp"'})
@@ -132,10 +167,10 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from train import checkpoint, distributed
+    from train import checkpoint
 
     path = checkpoint.list_checkpoints(run_dir)[-1]
-    return distributed.model_weights(path) if distributed.is_dcp(path) else checkpoint.load(path)["model"]
+    return checkpoint.model_weights(path) if checkpoint.is_sharded_checkpoint(path) else checkpoint.load(path)["model"]
 
 
 def _assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -162,11 +197,33 @@ def test_data_parallel_equals_one_process(runs: dict[str, Path], parallel: str, 
     _assert_close_weights(_final_weights(ref), _final_weights(got))
 
 
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_grad_sync_on_last_micro_batch_equals_one_process(runs: dict[str, Path], parallel: str) -> None:
+    """Accumulating unreduced gradients and all-reducing once per step gives the one-process result (global aux,
+    whose counts span the step's micro-batches, included); DDP reduces as often with 2 micro-batches as with 1."""
+    ref, got = runs["ref-muonh-moe-accum"], runs[f"{parallel}-muonh-moe-accum"]
+    for key in ("train/loss", "moe/aux_loss"):
+        a, b = series(ref, key), series(got, key)
+        assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+        for step in a:
+            assert abs(a[step] - b[step]) <= TOL, (key, step, a[step], b[step])
+    _assert_close_weights(_final_weights(ref), _final_weights(got))
+    if parallel == "ddp":
+        for rank in range(WORLD):
+            once = int((runs["root"] / f"reductions-ddp-muonh-moe-rank{rank}.txt").read_text())
+            accumulated = int((runs["root"] / f"reductions-ddp-muonh-moe-accum-rank{rank}.txt").read_text())
+            assert once > 0 and once % STEPS == 0 and accumulated == once, (once, accumulated)
+
+
 def test_only_rank0_writes_logs(runs: dict[str, Path]) -> None:
     lines = (runs["fsdp-muonh-moe"] / "metrics.jsonl").read_text().splitlines()
     assert sum('"train/loss"' in line for line in lines) == STEPS  # one record per step, not one per rank
-    manifest = json.loads((runs["fsdp-muonh-moe"] / "checkpoints" / f"step_{STEPS:06d}" / "manifest.json").read_text())
+    path = runs["fsdp-muonh-moe"] / "checkpoints" / f"step_{STEPS:06d}"
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = manifest.pop("files")
     assert manifest == {"format": "dcp", "step": STEPS, "world_size": WORLD}
+    assert sorted(files) == sorted(p.name for p in path.iterdir() if p.name != "manifest.json")  # every file hashed
+    assert {"trainer.pt", ".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files)
 
 
 def test_global_aux_equals_concatenated_batch(runs: dict[str, Path]) -> None:
