@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from tests.conftest import tiny_overrides
-from tests.runs import argv, series
+from tests.runs import argv, assert_one_line_error, series
 
 WORLD = 2
 STEPS = 5
@@ -274,3 +275,24 @@ def test_selection_bias_under_ddp_equals_one_process(runs: dict[str, Path]) -> N
     for k in biases:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-7)
     _assert_close_weights(ref, got)
+
+
+def test_sharded_checkpoint_is_verified_and_names_the_config_difference(
+    runs: dict[str, Path], text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    from train import checkpoint
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["fsdp-adamh-dense"], run)
+    sets = _sets(text_corpus, runs["cache"], "dense", "adamh", 4 * WORLD)
+    capsys.readouterr()
+    rc = main(argv([*sets, "model.hidden=64", "model.mlp_hidden=128"], run, "--resume"))
+    assert_one_line_error(rc, capsys.readouterr().err, "different model config", "model.hidden: checkpoint 32, this run 64")
+    shard = checkpoint.list_checkpoints(run)[-1] / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rc = main(argv(sets, run, "--resume"))
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    assert_one_line_error(rc, "\n".join(err), "no valid checkpoint", f"{shard} is corrupt or truncated")
