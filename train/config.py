@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hyperp.errors import ConfigError
+from hyperp.errors import ConfigError, check_choice
 from hyperp.optim.config import OptimConfig
 from models.config import ModelConfig
 from train.data import DataConfig
@@ -136,9 +136,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{key}={value!r} has the wrong type")
     if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(repr, allowed))}")
+        check_choice(key, value, typing.get_args(hint))
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -3,7 +3,7 @@ checkpoint → the single-file checkpoint of a one-process run (and optionally t
 
 SRC is a checkpoint directory (``runs/NAME/checkpoints/step_000100``) or a run directory (its newest
 checkpoint). RUN_DIR receives ``checkpoints/step_N/{state.pt, manifest.json}`` plus the source run's
-``config.toml`` and ``tokenizer/``, so ``python -m train --resume``, ``train.generate`` and ``python -m models.hf``
+``config.toml`` and ``tokenizer/``, so ``python -m train --resume``, ``train.generate`` and ``train.export``
 read it like any run. No process group is needed: DCP reshards to one process.
 """
 
@@ -13,30 +13,45 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-from hyperp.errors import CheckpointError, HyperpError
+from hyperp import build_optimizer
+from hyperp.errors import HyperpError
+from models.qwen3 import build_model
+from train.build import param_dtype
+from train.checkpoint import (MANIFEST, is_sharded_checkpoint, list_checkpoints, load_sharded, read_sharded,
+                              save)
+from train.config import RunConfig, build
+from train.errors import CheckpointError
+from train.export import export_run
 
 
 def convert(src: str | Path, out: str | Path, hf: str | Path | None = None) -> Path:
     """Write the single-file checkpoint into run directory ``out``; returns the checkpoint directory."""
-    from train import checkpoint, distributed
-
     src, out = Path(src), Path(out)
-    path = src if (src / "manifest.json").is_file() else distributed.latest(src)
-    if path is None or not distributed.is_dcp(path):
+    found = list_checkpoints(src)
+    path = src if (src / MANIFEST).is_file() else (found[-1] if found else None)
+    if path is None or not is_sharded_checkpoint(path):
         raise CheckpointError(f"{src} is not a distributed checkpoint (or a run whose newest checkpoint is one)")
-    state = distributed.to_single_file(path)
-    written = checkpoint.save(out, int(state["trainer"]["step"]), state, keep=1)
+    written = save(out, *single_file_state(path), keep=1)
     run_dir = path.parent.parent
     if (run_dir / "config.toml").is_file() and run_dir.resolve() != out.resolve():
         shutil.copyfile(run_dir / "config.toml", out / "config.toml")
     if (run_dir / "tokenizer").is_dir() and run_dir.resolve() != out.resolve():
         shutil.copytree(run_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     if hf is not None:
-        from models.hf import export
-
-        export(out, hf)
+        export_run(out, hf)
     return written
+
+
+def single_file_state(path: Path) -> tuple[int, dict[str, Any]]:
+    """(step, the state dict a one-process run saves) of sharded checkpoint ``path``."""
+    plain = read_sharded(path)
+    cfg = build(RunConfig, plain["config"])
+    model = build_model(cfg.model).to(dtype=param_dtype(cfg))  # a float64 run converts to float64
+    optimizer = build_optimizer(model, cfg.optim)  # the groups' lrs are restored from the checkpoint
+    load_sharded(path, model, optimizer)
+    return int(plain["trainer"]["step"]), plain | {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from hyperp.errors import DataError
+from train.errors import DataError
 
 EOT = "<|endoftext|>"
 # Qwen2/Qwen3 pre-tokenizer (tokenizer.json "Split" pattern; also Qwen1's tiktoken PAT_STR).

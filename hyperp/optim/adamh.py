@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from hyperp.dtypes import at_least_fp32
-from hyperp.errors import ConfigError
 from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
@@ -32,12 +31,12 @@ class AdamH(MatrixOptimizer):
         eps: float = 1e-8,
         expert_sphere: str = "per_expert",
     ) -> None:
-        if not lr >= 0:
-            raise ConfigError(f"optim.lr={lr} must be >= 0")
+        if not lr >= 0:  # as torch.optim.Adam; the config keys are named by OptimConfig
+            raise ValueError(f"invalid learning rate: {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ConfigError(f"optim.betas={betas} must lie in [0, 1)")
+            raise ValueError(f"invalid betas: {betas}")
         if not eps >= 0:
-            raise ConfigError(f"optim.eps={eps} must be >= 0")
+            raise ValueError(f"invalid epsilon: {eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, expert_sphere=check_mode(expert_sphere))
         super().__init__(params, defaults)
 

@@ -13,7 +13,9 @@ call, never a Python loop. Two coefficient sets:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +33,8 @@ ARCHSCALE_SCHEDULE: tuple[Coeffs, ...] = (
     (2.8769, -3.1427, 1.2046),
     (2.8366, -3.0525, 1.2012),
 )
-COEFFICIENT_SETS = ("torch", "archscale")
+CoefficientSet = Literal["torch", "archscale"]
+COEFFICIENT_SETS: tuple[str, ...] = typing.get_args(CoefficientSet)
 
 
 def schedule(coefficients: str | Coeffs | Sequence[Coeffs], steps: int) -> list[Coeffs]:

@@ -11,7 +11,9 @@ parameter tensor as a whole).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,12 +21,13 @@ from torch import Tensor
 from hyperp.dtypes import at_least_fp32
 from hyperp.errors import ConfigError
 
-EXPERT_SPHERE_MODES = ("per_expert", "joint")
+ExpertSphere = Literal["per_expert", "joint"]
+EXPERT_SPHERE_MODES: tuple[str, ...] = typing.get_args(ExpertSphere)
 
 
 def check_mode(mode: str) -> str:
     if mode not in EXPERT_SPHERE_MODES:
-        raise ConfigError(f"optim.expert_sphere={mode!r} must be one of {EXPERT_SPHERE_MODES}")
+        raise ValueError(f"expert_sphere={mode!r} must be one of {EXPERT_SPHERE_MODES}")
     return mode
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import traceback
 from pathlib import Path
@@ -46,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from tests.conftest import tiny_overrides
-from tests.runs import argv, series
+from tests.runs import argv, assert_one_line_error, series
 
 WORLD = 2
 STEPS = 5
@@ -98,6 +99,29 @@ def _aux_problem() -> tuple[list[torch.nn.Module], torch.Tensor]:
     return routers, torch.randn(24, 16)
 
 
+def _run_counting_reductions(argv: list[str], path: Path) -> None:
+    """A training whose DDP gradient all-reduces are counted (a comm hook: one call per bucket and synced backward)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from train import build
+    from train.__main__ import run
+
+    calls: list[int] = []
+    original = build.wrap
+
+    def wrap(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        module = original(*args, **kwargs)
+        module.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(state, bucket))
+        return module
+
+    build.wrap = wrap
+    try:
+        run(argv)
+    finally:
+        build.wrap = original
+    path.write_text(str(len(calls)))
+
+
 def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]], out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -110,6 +134,8 @@ def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]], out: str) -
             try:
                 if name == "aux":
                     _aux_job(Path(out), rank)
+                elif name.startswith("ddp-muonh-moe"):
+                    _run_counting_reductions(argv, Path(out) / f"reductions-{name}-rank{rank}.txt")
                 else:
                     run(argv)
             except BaseException:
@@ -154,6 +180,9 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     assert main(argv(_sets(text_corpus, cache, "moebias", "muonh", 1), dirs["ref-muonh-moebias"])) == 0
     dirs["ddp-muonh-moebias"] = root / "ddp-muonh-moebias"
     jobs.append(("ddp-muonh-moebias", argv(_sets(text_corpus, cache, "moebias", "muonh", WORLD), dirs["ddp-muonh-moebias"])))
+    # One micro-batch of 4 per rank: its DDP all-reduce count is the reference for "one reduction per step".
+    jobs.append(("ddp-muonh-moe-noaccum", argv(_sets(text_corpus, cache, "moe", "muonh", WORLD, **{
+        "train.batch_size": 4, "train.grad_accum": 1}), root / "ddp-muonh-moe-noaccum")))
     # Saved at world size 2 after 3 steps; the test resumes it in one process.
     dirs["split"] = root / "split"
     sets = _sets(text_corpus, cache, "moe", "muonh", WORLD, **{"train.parallel": '"fsdp"'})
@@ -164,10 +193,10 @@ def runs(text_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from train import checkpoint, distributed
+    from train import checkpoint
 
     path = checkpoint.list_checkpoints(run_dir)[-1]
-    return distributed.model_weights(path) if distributed.is_dcp(path) else checkpoint.load(path)["model"]
+    return checkpoint.model_weights(path) if checkpoint.is_sharded_checkpoint(path) else checkpoint.load(path)["model"]
 
 
 def _assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -201,11 +230,24 @@ def test_data_parallel_equals_one_process(runs: dict[str, Path], parallel: str, 
     _assert_close_weights(_final_weights(ref), _final_weights(got))
 
 
+def test_ddp_reduces_once_per_step(runs: dict[str, Path]) -> None:
+    """Gradients are all-reduced on the last micro-batch only: 2 accumulated micro-batches cost as many DDP
+    reductions as 1 (that the accumulated result equals one process is test_data_parallel_equals_one_process)."""
+    for rank in range(WORLD):
+        once = int((runs["root"] / f"reductions-ddp-muonh-moe-noaccum-rank{rank}.txt").read_text())
+        accumulated = int((runs["root"] / f"reductions-ddp-muonh-moe-rank{rank}.txt").read_text())
+        assert once > 0 and once % STEPS == 0 and accumulated == once, (once, accumulated)
+
+
 def test_only_rank0_writes_logs(runs: dict[str, Path]) -> None:
     lines = (runs["fsdp-muonh-moe"] / "metrics.jsonl").read_text().splitlines()
     assert sum('"train/loss"' in line for line in lines) == STEPS  # one record per step, not one per rank
-    manifest = json.loads((runs["fsdp-muonh-moe"] / "checkpoints" / f"step_{STEPS:06d}" / "manifest.json").read_text())
+    path = runs["fsdp-muonh-moe"] / "checkpoints" / f"step_{STEPS:06d}"
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = manifest.pop("files")
     assert manifest == {"format": "dcp", "step": STEPS, "world_size": WORLD}
+    assert sorted(files) == sorted(p.name for p in path.iterdir() if p.name != "manifest.json")  # every file hashed
+    assert {"trainer.pt", ".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files)
 
 
 def test_global_aux_equals_concatenated_batch(runs: dict[str, Path]) -> None:
@@ -253,3 +295,24 @@ def test_selection_bias_under_ddp_equals_one_process(runs: dict[str, Path]) -> N
     for k in biases:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)  # ±γ_b sign steps of identical counts: exact
     _assert_close_weights(ref, got)
+
+
+def test_sharded_checkpoint_is_verified_and_names_the_config_difference(
+    runs: dict[str, Path], text_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    from train import checkpoint
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["fsdp-adamh-dense"], run)
+    sets = _sets(text_corpus, runs["cache"], "dense", "adamh", 1)
+    capsys.readouterr()
+    rc = main(argv([*sets, "model.hidden=64", "model.mlp_hidden=128"], run, "--resume"))
+    assert_one_line_error(rc, capsys.readouterr().err, "different model config", "model.hidden: checkpoint 32, this run 64")
+    shard = checkpoint.list_checkpoints(run)[-1] / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rc = main(argv(sets, run, "--resume"))
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    assert_one_line_error(rc, "\n".join(err), "no valid checkpoint", f"{shard} is corrupt or truncated")

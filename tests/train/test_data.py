@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from hyperp.errors import ConfigError, DataError
+from hyperp.errors import ConfigError
+from train.errors import DataError
 from train.data import BatchSampler, DataConfig, load_doc_index, prepare, unigram_entropy
 from train.data.sources import (
     PYDOC_SOURCES,

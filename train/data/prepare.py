@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperp.errors import ConfigError, DataError
+from hyperp.errors import ConfigError
+from train.errors import DataError
 from train.data.batches import BatchSampler, val_windows
 from train.data.sources import CORPORA, Document, load_corpus, path_fingerprint, read_text_path
 from train.tokenizer import Tokenizer, load_tokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperp.errors import DataError
+from train.errors import DataError
 from train.data.sources import path_fingerprint
 from train.tokenizer import Tokenizer, load_tokenizer
 

