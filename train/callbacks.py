@@ -7,13 +7,17 @@ Metrics arrive as a flat ``{name: float}`` dict with stable names (``train/loss`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hyperp.errors import ConfigError
 
 if TYPE_CHECKING:
     from train.loop import Trainer
@@ -132,13 +136,26 @@ class ProgressBar(Callback):
 
 
 class WandbLogger(Callback):
-    """Weights & Biases, offline unless the user asks for online mode; never requires an account."""
+    """Weights & Biases, offline unless the user asks for online mode; never requires an account.
+
+    wandb is an optional extra (``pip install -e .[wandb]``; GPU machines often lack it): without it, offline mode
+    is skipped with one warning (metrics.jsonl has every metric) and online mode is a ConfigError before training.
+    """
 
     def __init__(self, mode: str, project: str, run_dir: Path) -> None:
         self.mode, self.project, self.run_dir = mode, project, Path(run_dir)
         self._run: Any = None
+        self.enabled = importlib.util.find_spec("wandb") is not None
+        if not self.enabled:
+            hint = "pip install -e .[wandb], or set log.wandb='disabled'"
+            if mode == "online":
+                raise ConfigError(f"log.wandb='online' needs the wandb package, which is not installed ({hint})")
+            warnings.warn(f"wandb is not installed: log.wandb='{mode}' skipped, metrics go to metrics.jsonl ({hint})",
+                          stacklevel=2)
 
     def on_train_start(self, trainer: Trainer) -> None:
+        if not self.enabled:
+            return
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
