@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 from moe import MoEBlock, MoEConfig
 from moe.dispatch import get_dispatch
+from moe.dispatch.precision import BF16_GRAD_BOUND as GRAD_BOUND
+from moe.dispatch.precision import BF16_OUT_BOUND as OUT_BOUND
+from moe.dispatch.precision import relative_error as rel_err
 from moe.experts import Experts
 
 CPU_BACKENDS = ["loop", "torch"]
@@ -164,19 +167,8 @@ def test_layout_choice_pads_only_balanced_cpu_routing():
 
 
 # ------------------------------------------------------------------------------------------------ precision
-# bf16 has an 8-bit significand: unit roundoff u = 2^-8. To first order every rounding to bf16 on the path from the
-# inputs to a result adds at most u to the normwise relative error (the operands here are random and well-conditioned,
-# so the matmuls do not amplify it). Forward path x → out: x, W_gate and W_up, their two products, silu, silu·up,
-# the gate multiply, W_down and its product, the k-row combine: ≤ 10 roundings → OUT_BOUND = 10u. The backward
-# adds the cotangent, grad_act, the gate, the up/silu products, silu_backward and the weight-gradient product:
-# ≤ 7 more → GRAD_BOUND = 17u. (Independent roundings add in quadrature, so the typical error is ~2–4u.)
-BF16_U = 2.0**-8
-OUT_BOUND, GRAD_BOUND = 10 * BF16_U, 17 * BF16_U
+# Bounds derived in moe/dispatch/precision.py: normwise relative error ≤ 10u (outputs) and 17u (gradients), u = 2^-8.
 GRAD_NAMES = ["x", "weights", "w_gate", "w_up", "w_down"]
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((a.double() - ref.double()).norm() / ref.double().norm())
 
 
 def _assert_bf16_close(result, reference):
