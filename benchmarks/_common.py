@@ -74,6 +74,28 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+# Datasheet dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name; first match wins.
+BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12))
+
+
+def datasheet_bf16_peak(device: torch.device | str = "cuda") -> float | None:
+    """The device's datasheet dense bf16 FLOP/s, or None when the name is not in BF16_PEAKS."""
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAKS if key in name), None)
+
+
+def profile_table(fn: Callable[[], object], rows: int = 15) -> str:
+    """torch.profiler over one call of ``fn`` on CUDA: the ``rows`` ops with the most GPU self time, as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: the profile shows steady-state kernels, not autotuning or first-call allocation
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60)
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
@@ -91,6 +113,15 @@ def command(script: str, argv: Sequence[str]) -> str:
 
 
 NOTES_MARKER = "<!-- analysis: kept across re-runs -->"
+
+
+def write_json(out: str | Path | None, obj: object) -> None:
+    """Machine-readable results next to the markdown (the GPU runner bundles them); nothing when ``out`` is None."""
+    if out is not None:
+        import json
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(obj, indent=1, default=str))
 
 
 def write(out: Path, lines: Sequence[str]) -> None:

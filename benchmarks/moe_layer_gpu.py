@@ -1,66 +1,141 @@
 """GPU MoE layer forward+backward (bf16): megablocks vs our torch grouped_mm vs transformers vs a dense floor.
 
-``python benchmarks/moe_layer_gpu.py [--quick] [--repeats N] [--out FILE]``
+``python benchmarks/moe_layer_gpu.py [--quick] [--repeats N] [--profile] [--out FILE] [--json FILE]``
 
-Hidden 2048, 64 experts of 768 (Qwen3-30B-A3B's expert width), top-8, 32,768 tokens, bf16 weights and
-activations on one CUDA device; the same candidates and side-by-side method as ``benchmarks/moe_layer.py``
-(``ours megablocks`` when megablocks is importable). Without CUDA it prints why and exits 0 (nothing written).
-Writes ``benchmarks/results/moe_layer_gpu.md`` (``moe_layer_gpu_quick.md`` with ``--quick``).
+Hidden 2048, 64 experts of 1408, top-8, 32,768 tokens on one CUDA device; the candidates and side-by-side method
+of ``benchmarks/moe_layer.py`` (bf16 weights and activations), plus ``ours <backend> amp``: fp32 master weights
+under bf16 autocast, what training runs (the experts cast their weights every call). ``ours megablocks`` runs when
+megablocks imports. Before timing, a correctness gate on the same routing (transformers 5.17 computes router
+logits in bf16 and ours in fp32, so ~2 % of tokens pick other experts and a direct bf16 comparison is no check):
+each of our bf16 candidates vs our loop backend in fp32 on the same (bf16-rounded) weights, within the bf16 bound
+of ``moe/dispatch/precision.py``; and transformers' block in fp32 vs ours in fp32 (max relative error ≤ 1e-4).
+``--profile`` adds torch.profiler tables of our candidates. Without CUDA it prints why and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import dataclasses
 import sys
+from collections.abc import Callable
 
 import torch
 
-from _common import RESULTS, command, interleaved, loadavg, machine, median, table, write
-from moe_layer import Point, candidates
+from _common import RESULTS, command, interleaved, loadavg, machine, median, profile_table, table, write, write_json
+from moe_layer import Point, fwd_bwd, setup
 
-GPU_POINT = Point(2048, 64, 8, 32768, 768)
+from moe import MoEBlock
+from moe.dispatch.precision import BF16_OUT_BOUND, relative_error
+
+GPU_POINT = Point(2048, 64, 8, 32768, 1408)
 GPU_QUICK = Point(256, 8, 2, 2048, 128)
+HF_FP32_TOL = 1e-4  # fp32 vs fp32 on identical weights and routing: only summation order differs
 
 
 def megablocks_ok() -> bool:
-    try:
-        from moe.dispatch import megablocks
+    from moe.dispatch import megablocks
 
-        return bool(megablocks.available())
-    except ImportError:
-        return False
+    return megablocks.available()
+
+
+@contextlib.contextmanager
+def no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def fp32_copy(block: torch.nn.Module, backend: str | None = None) -> torch.nn.Module:
+    """An fp32 copy of ``block`` (optionally an MoEBlock switched to another dispatch backend)."""
+    ref = copy.deepcopy(block).float()
+    if backend is not None:
+        ref.cfg = dataclasses.replace(ref.cfg, backend=backend)
+        ref._dispatch.clear()
+    return ref
+
+
+def gate(blocks: dict[str, MoEBlock], hf_gmm: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Relative errors of each candidate vs the fp32 loop backend on the same routing, and of HF fp32 vs ours fp32;
+    raises AssertionError above the bounds (nothing is timed then)."""
+    reference = fp32_copy(next(iter(blocks.values())), "loop")
+    errors = {}
+    with torch.no_grad(), no_tf32():
+        ref = reference(x.float())[0]
+        for name, block in blocks.items():
+            errors[name] = relative_error(block(x)[0], ref)
+        hf = fp32_copy(hf_gmm)(x.float())
+        errors["hf fp32 vs ours fp32"] = float(((hf - ref).abs().max() / ref.abs().max()))
+    bad = {n: e for n, e in errors.items() if e > (HF_FP32_TOL if n.startswith("hf") else BF16_OUT_BOUND)}
+    if bad:
+        raise AssertionError(f"correctness gate failed (bounds {BF16_OUT_BOUND:.3f} bf16, {HF_FP32_TOL} fp32): {bad}")
+    return errors
+
+
+def amp(fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fn()
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 10; quick 3)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of our candidates")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--json", default=None, help="also write the results as JSON")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not torch.cuda.is_available():
         print("moe_layer_gpu: no CUDA device; skipped (nothing written)")
         return 0
     p = GPU_QUICK if args.quick else GPU_POINT
-    backends = ("auto",) + (("megablocks",) if megablocks_ok() else ())
+    backends = ("megablocks",) if megablocks_ok() else ()
     load_before = loadavg()
-    fns, err = candidates(p, with_loop=False, device="cuda", dtype=torch.bfloat16, backends=backends, tol=5e-2)
-    times = interleaved(fns, args.repeats or (3 if args.quick else 20), warmup=2, device="cuda")
+    s = setup(p, with_loop=False, device="cuda", dtype=torch.bfloat16, backends=("auto", *backends))
+    ours = {"ours auto": s.ours, **s.extra}
+    errors = gate(ours, s.hf_gmm, s.x)
+    hf_err = s.hf_error()
+    fns = s.fns(("auto",))
+    for name, block in ours.items():  # training's configuration: fp32 master weights under bf16 autocast
+        fns[f"{name} amp"] = amp(fwd_bwd(fp32_copy(block), s.x, s.grad, True))
+    times = interleaved(fns, args.repeats or (3 if args.quick else 10), warmup=2, device="cuda")
     med = {n: median(t) for n, t in times.items()}
-    best = min(v for n, v in med.items() if n.startswith("ours"))
-    rows = [[n, f"{med[n] * 1e3:.2f}", f"{med[n] / med['dense']:.2f}×", f"{med[n] / best:.2f}×",
-             f"{p.tokens / med[n]:,.0f}",
-             f"{6 * p.tokens * p.top_k * 3 * p.hidden * p.expert_hidden / med[n] / 1e12:.0f}"] for n in med]
+    expert_flops = 6 * p.tokens * p.top_k * 3 * p.hidden * p.expert_hidden
+    rows = [[n, f"{med[n] * 1e3:.2f}", f"{med[n] / med['dense']:.2f}×", f"{med['hf eager'] / med[n]:.2f}×",
+             f"{med['hf grouped_mm'] / med[n]:.2f}×", f"{p.tokens / med[n]:,.0f}", f"{expert_flops / med[n] / 1e12:.0f}"]
+            for n in med]
     argv_used = list(argv if argv is not None else sys.argv[1:])
     lines = [
         "# MoE layer on GPU: forward+backward (bf16)", "",
         f"- command: `{command('moe_layer_gpu.py', argv_used)}`",
         f"- machine: {machine('cuda')}",
         f"- load average (1/5/15 min) before: {load_before}, after: {loadavg()}",
-        f"- point: {p.label()}; max |Δ| of our block vs transformers' (bf16): {err:.1e}",
-        f"- megablocks importable: {megablocks_ok()}", "",
-        *table(["candidate", "median ms", "vs dense", "vs our best", "tokens/s", "expert TFLOP/s (fwd+bwd)"], rows),
+        f"- point: {p.label()}; megablocks importable: {bool(backends)}",
+        "- gate (same routing; normwise relative error vs our fp32 loop backend, bound "
+        f"{BF16_OUT_BOUND:.4f}; HF fp32 vs ours fp32 max relative, bound {HF_FP32_TOL}): "
+        + ", ".join(f"{n} {e:.2e}" for n, e in errors.items()),
+        f"- max |Δ| ours vs HF grouped_mm both in bf16 (routing differs on some tokens; information only): {hf_err:.2e}",
+        "", "Targets: ours ≥ 5× HF eager, ≥ 1.0× HF grouped_mm, ≤ 1.3× dense.", "",
+        *table(["candidate", "median ms", "vs dense", "HF eager / this", "HF grouped_mm / this", "tokens/s",
+                "expert TFLOP/s (fwd+bwd)"], rows),
     ]
+    if args.profile:
+        for name in (n for n in fns if n.startswith("ours")):
+            lines += ["", f"## Profile: {name}", "", "```", profile_table(fns[name]), "```"]
     write(args.out or RESULTS / ("moe_layer_gpu_quick.md" if args.quick else "moe_layer_gpu.md"), lines)
+    write_json(args.json, {"point": p.label(), "median_s": med, "gate": errors, "hf_bf16_max_abs": hf_err,
+                           "megablocks": bool(backends)})
     return 0
 
 

@@ -48,7 +48,7 @@ def _problem(n=37, h=16, e=6, k=3, i=8, seed=0, dtype=torch.float32):
     return x, indices, weights, experts
 
 
-def _grads(backend, x, indices, weights, experts, autocast=None):
+def dispatch_grads(backend, x, indices, weights, experts, autocast=None):
     """Output and the gradients of (x, weights, w_gate, w_up, w_down) for a fixed random cotangent; the forward
     runs under ``torch.autocast(x's device, autocast)`` when a dtype is given (backward outside, as in training)."""
     x = x.clone().requires_grad_()
@@ -74,8 +74,8 @@ def test_backend_matches_per_token_reference(backend, shape, layout):
 @pytest.mark.parametrize("shape", [dict(), dict(h=13, i=7, e=5, k=2), dict(n=200, h=32, e=8, k=4, i=16)])
 def test_torch_backend_gradients_match_loop(shape, layout):
     x, indices, weights, experts = _problem(**shape)
-    out_l, grads_l = _grads("loop", x, indices, weights, experts)
-    out_t, grads_t = _grads("torch", x, indices, weights, experts)
+    out_l, grads_l = dispatch_grads("loop", x, indices, weights, experts)
+    out_t, grads_t = dispatch_grads("torch", x, indices, weights, experts)
     torch.testing.assert_close(out_t, out_l, atol=1e-5, rtol=1e-5)
     for name, gl, gt in zip(["x", "weights", "w_gate", "w_up", "w_down"], grads_l, grads_t):
         torch.testing.assert_close(gt, gl, atol=1e-5, rtol=1e-5, msg=f"grad of {name}")
@@ -101,8 +101,8 @@ def test_torch_backend_empty_experts_and_all_on_one(layout):
     """Dropless with empty experts and with every token on the same expert (no capacity, nothing dropped)."""
     x, _, weights, experts = _problem(n=50, e=8, k=1)
     indices = torch.full((50, 1), 5)
-    out_l, grads_l = _grads("loop", x, indices, weights, experts)
-    out_t, grads_t = _grads("torch", x, indices, weights, experts)
+    out_l, grads_l = dispatch_grads("loop", x, indices, weights, experts)
+    out_t, grads_t = dispatch_grads("torch", x, indices, weights, experts)
     torch.testing.assert_close(out_t, out_l, atol=1e-5, rtol=1e-5)
     for gl, gt in zip(grads_l, grads_t):
         torch.testing.assert_close(gt, gl, atol=1e-5, rtol=1e-5)
@@ -199,8 +199,8 @@ def matmul_dtypes(monkeypatch):
 def test_torch_backend_under_cpu_autocast_runs_experts_in_bf16(layout, matmul_dtypes):
     """fp32 master weights + bf16 autocast (training): grouped_mm has no autocast kernel, so the backend must cast."""
     x, indices, weights, experts = _problem(n=256, h=64, e=8, k=2, i=32)
-    reference = _grads("loop", x, indices, weights, experts)  # fp32, checked against per-token maths above
-    out, grads = _grads("torch", x, indices, weights, experts, autocast=torch.bfloat16)
+    reference = dispatch_grads("loop", x, indices, weights, experts)  # fp32, checked against per-token maths above
+    out, grads = dispatch_grads("torch", x, indices, weights, experts, autocast=torch.bfloat16)
     assert matmul_dtypes and set(matmul_dtypes) == {(torch.bfloat16, torch.bfloat16)}, set(matmul_dtypes)
     assert out.dtype == torch.bfloat16
     assert [g.dtype for g in grads] == [torch.float32] * 5  # fp32 master weights get fp32 gradients
@@ -322,7 +322,7 @@ def test_megablocks_backend_casts_for_grouped_gemm(megablocks_standins, autocast
     """fp32 master weights, with and without bf16 autocast: gmm gets bf16 contiguous operands (else the stand-in
     raises as grouped_gemm does), the output comes back in the caller's dtype, fp32 weights get fp32 gradients."""
     x, indices, weights, experts = _problem(n=256, h=64, e=8, k=2, i=32)
-    reference = _grads("loop", x, indices, weights, experts)
+    reference = dispatch_grads("loop", x, indices, weights, experts)
     x2 = x.clone().requires_grad_()
     w2 = weights.clone().requires_grad_()
     experts.zero_grad(set_to_none=True)
@@ -378,8 +378,8 @@ def test_megablocks_matches_loop_backend_on_cuda():
     x, indices, weights, experts = _cuda_problem(n=256, h=64, e=8, k=2, i=32)
     experts = experts.to(torch.bfloat16)
     x = x.to(torch.bfloat16)
-    out_m, grads_m = _grads("megablocks", x, indices, weights, experts)
-    out_t, grads_t = _grads("loop", x, indices, weights, experts)
+    out_m, grads_m = dispatch_grads("megablocks", x, indices, weights, experts)
+    out_t, grads_t = dispatch_grads("loop", x, indices, weights, experts)
     torch.testing.assert_close(out_m.float(), out_t.float(), atol=3e-2, rtol=3e-2)
     for gm, gt in zip(grads_m, grads_t):
         torch.testing.assert_close(gm.float(), gt.float(), atol=5e-2, rtol=5e-2)
@@ -397,10 +397,10 @@ def test_gpu_backend_under_autocast_matches_fp32_loop(backend, monkeypatch):
     x, _, weights, experts = _cuda_problem(n=512, h=128, e=8, k=2, i=64)
     used = torch.tensor([0, 1, 2, 4, 5, 7])  # experts 3 and 6 receive nothing
     indices = used[torch.rand(512, 6, generator=torch.Generator().manual_seed(1)).argsort(-1)[:, :2]].cuda()
-    reference = _grads("loop", x, indices, weights, experts)
+    reference = dispatch_grads("loop", x, indices, weights, experts)
     torch.cuda.empty_cache()
     torch.full((64, 1 << 20), float("nan"), device="cuda")  # leave NaNs in freed memory for a missing zero-fill
-    out, grads = _grads(backend, x, indices, weights, experts, autocast=torch.bfloat16)
+    out, grads = dispatch_grads(backend, x, indices, weights, experts, autocast=torch.bfloat16)
     assert out.dtype == torch.bfloat16 and [g.dtype for g in grads] == [torch.float32] * 5
     _assert_bf16_close((out, grads), reference)
     for g in grads[2:]:
