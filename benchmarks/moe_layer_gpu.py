@@ -84,6 +84,11 @@ def amp(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def check(args: argparse.Namespace) -> None:
+    """Dry run (no CUDA): transformers has the block this compares against."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock  # noqa: F401
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

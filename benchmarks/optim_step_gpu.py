@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from _common import RESULTS, command, interleaved, loadavg, machine, median, table, write, write_json
+from _common import RESULTS, ROOT, command, interleaved, loadavg, machine, median, table, write, write_json
 from optim_step import make_model, matrix_candidates, matrix_params
 
 CONFIG = "configs/d12-moe.toml"
@@ -33,13 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [f"model.n_layers={args.layers or (1 if args.quick else 4)}", "model.vocab_size=8192"]
+
+
+def check(args: argparse.Namespace) -> None:
+    """Dry run (no CUDA): the model config with its overrides loads."""
+    from train.config import load_config
+
+    load_config(ROOT / CONFIG, overrides(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not torch.cuda.is_available():
         print("optim_step_gpu: no CUDA device; skipped (nothing written)")
         return 0
     layers = args.layers or (1 if args.quick else 4)
-    model = make_model([f"model.n_layers={layers}", "model.vocab_size=8192"], CONFIG, "cuda")
+    model = make_model(overrides(args), CONFIG, "cuda")
     params = matrix_params(model)
     sizes = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.ndim == 3), len(params))
     load_before = loadavg()

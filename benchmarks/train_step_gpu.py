@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak", type=float, default=None, help="datasheet bf16 FLOP/s (default: by device name)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one step per row")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help='config override for every preset, e.g. --set data.cache_dir=".gpu-data"')
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", default=None, help="also write the results as JSON")
     return parser
@@ -48,19 +50,49 @@ def build_parser() -> argparse.ArgumentParser:
 def is_moe(preset: str) -> bool:
     from train.config import load_config
 
-    return load_config(ROOT / "configs" / f"{preset}.toml").model.moe is not None
+    return load_config(config_path(preset)).model.moe is not None
+
+
+def defaults(args: argparse.Namespace) -> None:
+    args.steps = args.steps or (2 if args.quick else 10)
+    args.batch_sizes = args.batch_sizes or ([2] if args.quick else [8, 4, 2])
+
+
+def config_path(preset: str) -> str:
+    return str(ROOT / "configs" / f"{preset}.toml")
+
+
+def overrides(backend: str | None, batch: int, args: argparse.Namespace) -> list[str]:
+    sets = ["train.grad_accum=1", 'train.device="cuda"', f"train.batch_size={batch}", *args.overrides]
+    if args.quick:
+        sets += QUICK_SETS
+    if backend is not None:
+        sets.append(f'model.moe.backend="{backend}"')
+    return sets
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(preset, moe.backend) pairs to run: every backend for MoE presets, None for dense ones."""
+    return [(p, b) for p in args.presets for b in (args.backends if is_moe(p) else [None])]
+
+
+def check(args: argparse.Namespace) -> None:
+    """Dry run (no CUDA): every configuration's config loads and its token cache is found (offline when set)."""
+    from train.config import load_config
+    from train.data import prepare
+
+    defaults(args)
+    for preset, backend in configurations(args):
+        prepare(load_config(config_path(preset), overrides(backend, args.batch_sizes[0], args)).data)
 
 
 def run_config(preset: str, backend: str | None, args: argparse.Namespace, steps: int) -> dict:
     """Bench one preset/backend at the first micro-batch that fits; the failed attempts are kept."""
-    base = ["train.grad_accum=1", 'train.device="cuda"', *(QUICK_SETS if args.quick else [])]
-    if backend is not None:
-        base.append(f'model.moe.backend="{backend}"')
     attempts: list[str] = []
     for batch in args.batch_sizes:
         try:
-            r = bench_preset(str(ROOT / "configs" / f"{preset}.toml"), [*base, f"train.batch_size={batch}"], steps,
-                             args.warmup, 8192, every=(0,), profile_steps=args.profile)
+            r = bench_preset(config_path(preset), overrides(backend, batch, args), steps, args.warmup, 8192,
+                             every=(0,), profile_steps=args.profile)
             return dict(r, backend=backend, batch=batch, attempts=attempts)
         except torch.OutOfMemoryError as err:
             attempts.append(f"batch {batch}: out of memory ({str(err).splitlines()[0][:120]})")
@@ -121,15 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("train_step_gpu: no CUDA device; skipped (nothing written)")
         return 0
-    steps = args.steps or (2 if args.quick else 10)
-    args.batch_sizes = args.batch_sizes or ([2] if args.quick else [8, 4, 2])
+    defaults(args)
+    steps = args.steps
     datasheet = args.peak or datasheet_bf16_peak()
     load_before = loadavg()
     rows = []
-    for preset in args.presets:
-        for backend in (args.backends if is_moe(preset) else [None]):
-            rows.append(summarize(run_config(preset, backend, args, steps), datasheet))
-            print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
+    for preset, backend in configurations(args):
+        rows.append(summarize(run_config(preset, backend, args, steps), datasheet))
+        print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     argv_used = list(argv if argv is not None else sys.argv[1:])
     write(args.out or RESULTS / ("train_step_gpu_quick.md" if args.quick else "train_step_gpu.md"),
           report(rows, command("train_step_gpu.py", argv_used), load_before, steps, args.warmup))

@@ -130,11 +130,15 @@ def report(cache_dirs: list[Path]) -> list[Row]:
         return rows + cache_rows(cache_dirs)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", action="append", default=None, metavar="DIR",
                         help="token cache directory to list (repeatable; default: data)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     rows = report([Path(d) for d in (args.cache_dir or ["data"])])
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {text}" for name, text in rows))

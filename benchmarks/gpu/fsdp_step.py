@@ -95,9 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="micro-batch (default 2; quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per trainer (default 4; quick 2)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help='config override, e.g. --set data.cache_dir=".gpu-data"')
     parser.add_argument("--out", default=None, help="markdown report (default: printed only)")
     parser.add_argument("--json", default=None, help="also write the results as JSON")
     return parser
+
+
+def setup(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The config file and the overrides both trainers share (dtype and parallel mode are added per run)."""
+    from train.config import load_config
+
+    config = str(ROOT / "configs" / f"{args.preset}.toml")
+    steps = args.steps or (2 if args.quick else 4)
+    base = [f"model.n_layers={args.layers or (1 if args.quick else 2)}", "train.grad_accum=1",
+            f"train.batch_size={args.batch_size or (1 if args.quick else 2)}", f'train.device="{args.device}"',
+            "monitor.every=0", 'log.wandb="disabled"', "log.progress=false", f"train.max_steps={steps}",
+            "train.warmup_steps=0", *args.overrides]
+    if load_config(config).model.moe is not None:
+        base.append('model.moe.backend="torch"')
+    return config, base
+
+
+def check(args: argparse.Namespace) -> None:
+    """Dry run (no CUDA): the config with its overrides loads and its token cache is found (offline when set)."""
+    from train.config import load_config
+    from train.data import prepare
+
+    config, base = setup(args)
+    prepare(load_config(config, [*base, 'train.parallel="fsdp"']).data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("fsdp_step: no CUDA device; skipped (nothing written)")
         return 0
-    from train.config import load_config
-
-    config = str(ROOT / "configs" / f"{args.preset}.toml")
+    config, base = setup(args)
     steps = args.steps or (2 if args.quick else 4)
-    base = [f"model.n_layers={args.layers or (1 if args.quick else 2)}", "train.grad_accum=1",
-            f"train.batch_size={args.batch_size or (1 if args.quick else 2)}", f'train.device="{args.device}"', "monitor.every=0",
-            'log.wandb="disabled"', "log.progress=false", f"train.max_steps={steps}", "train.warmup_steps=0"]
-    if load_config(config).model.moe is not None:
-        base.append('model.moe.backend="torch"')
     open_one_rank_group()
     torch.backends.cuda.matmul.allow_tf32 = False
     results = {}

@@ -81,6 +81,11 @@ def versus_transformers(block: MoEBlock, x: torch.Tensor) -> dict[str, float]:
             "hf_bf16_rel_err_on_agreeing": relative_error(hf16_out[agree], ref[agree])}
 
 
+def check(args: argparse.Namespace) -> None:
+    """Dry run (no CUDA): transformers has the block this compares against."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock  # noqa: F401
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
