@@ -79,21 +79,25 @@ BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800"
 
 
 def datasheet_bf16_peak(device: torch.device | str = "cuda") -> float | None:
-    """The device's datasheet dense bf16 FLOP/s, or None when the name is not in BF16_PEAKS."""
+    """The device's datasheet dense bf16 FLOP/s, or None when the name is not in BF16_PEAKS (or not a GPU)."""
+    if torch.device(device).type != "cuda":
+        return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in BF16_PEAKS if key in name), None)
 
 
-def profile_table(fn: Callable[[], object], rows: int = 15) -> str:
-    """torch.profiler over one call of ``fn`` on CUDA: the ``rows`` ops with the most GPU self time, as text."""
+def profile_table(fn: Callable[[], object], device: torch.device | str = "cuda", rows: int = 15) -> str:
+    """torch.profiler over one call of ``fn``: the ``rows`` ops with the most self time on ``device``, as text."""
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = torch.device(device).type == "cuda"
     fn()  # warm: the profile shows steady-state kernels, not autotuning or first-call allocation
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         fn()
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60)
+        sync(device)
+    return prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=rows, max_name_column_width=60)
 
 
 def median(xs: Sequence[float]) -> float:

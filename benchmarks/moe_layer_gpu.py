@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from _common import RESULTS, command, interleaved, loadavg, machine, median, profile_table, table, write, write_json
-from moe_layer import Point, fwd_bwd, setup
+from moe_layer import QUICK, Point, fwd_bwd, setup
 
 from moe import MoEBlock
 from moe.dispatch.precision import BF16_OUT_BOUND, relative_error
@@ -76,9 +76,9 @@ def gate(blocks: dict[str, MoEBlock], hf_gmm: torch.nn.Module, x: torch.Tensor) 
     return errors
 
 
-def amp(fn: Callable[[], None]) -> Callable[[], None]:
+def amp(fn: Callable[[], None], device: str) -> Callable[[], None]:
     def run() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             fn()
 
     return run
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 10; quick 3)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of our candidates")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", default=None, help="also write the results as JSON")
     return parser
@@ -101,20 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("moe_layer_gpu: no CUDA device; skipped (nothing written)")
         return 0
-    p = GPU_QUICK if args.quick else GPU_POINT
-    backends = ("megablocks",) if megablocks_ok() else ()
+    p = (GPU_QUICK if args.device == "cuda" else QUICK) if args.quick else GPU_POINT
+    backends = ("megablocks",) if args.device == "cuda" and megablocks_ok() else ()
     load_before = loadavg()
-    s = setup(p, with_loop=False, device="cuda", dtype=torch.bfloat16, backends=("auto", *backends))
+    s = setup(p, with_loop=False, device=args.device, dtype=torch.bfloat16, backends=("auto", *backends))
     ours = {"ours auto": s.ours, **s.extra}
     errors = gate(ours, s.hf_gmm, s.x)
     hf_err = s.hf_error()
     fns = s.fns(("auto",))
     for name, block in ours.items():  # training's configuration: fp32 master weights under bf16 autocast
-        fns[f"{name} amp"] = amp(fwd_bwd(fp32_copy(block), s.x, s.grad, True))
-    times = interleaved(fns, args.repeats or (3 if args.quick else 10), warmup=2, device="cuda")
+        fns[f"{name} amp"] = amp(fwd_bwd(fp32_copy(block), s.x, s.grad, True), args.device)
+    times = interleaved(fns, args.repeats or (3 if args.quick else 10), warmup=2, device=args.device)
     med = {n: median(t) for n, t in times.items()}
     expert_flops = 6 * p.tokens * p.top_k * 3 * p.hidden * p.expert_hidden
     rows = [[n, f"{med[n] * 1e3:.2f}", f"{med[n] / med['dense']:.2f}×", f"{med['hf eager'] / med[n]:.2f}×",
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# MoE layer on GPU: forward+backward (bf16)", "",
         f"- command: `{command('moe_layer_gpu.py', argv_used)}`",
-        f"- machine: {machine('cuda')}",
+        f"- machine: {machine(args.device)}",
         f"- load average (1/5/15 min) before: {load_before}, after: {loadavg()}",
         f"- point: {p.label()}; megablocks importable: {bool(backends)}",
         "- gate (same routing; normwise relative error vs our fp32 loop backend, bound "
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.profile:
         for name in (n for n in fns if n.startswith("ours")):
-            lines += ["", f"## Profile: {name}", "", "```", profile_table(fns[name]), "```"]
+            lines += ["", f"## Profile: {name}", "", "```", profile_table(fns[name], args.device), "```"]
     write(args.out or RESULTS / ("moe_layer_gpu_quick.md" if args.quick else "moe_layer_gpu.md"), lines)
     write_json(args.json, {"point": p.label(), "median_s": med, "gate": errors, "hf_bf16_max_abs": hf_err,
                            "megablocks": bool(backends)})

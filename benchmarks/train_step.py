@@ -88,7 +88,7 @@ def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, pea
                 if r >= warmup:
                     times[name].append(elapsed)
         peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        profile = profile_table(lambda: monitor_overhead.timed_step(t0)) if profile_steps else None
+        profile = profile_table(lambda: monitor_overhead.timed_step(t0), device) if profile_steps else None
         cfg = t0.cfg
         flops_token = model_flops_per_token(cfg, t0.model)
         counts = count_parameters(t0.model)

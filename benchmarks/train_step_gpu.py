@@ -23,6 +23,7 @@ import sys
 import torch
 
 from _common import RESULTS, ROOT, command, datasheet_bf16_peak, loadavg, machine, table, write, write_json
+from train_step import QUICK_SETS as CPU_QUICK_SETS
 from train_step import bench_preset
 
 QUICK_SETS = ["model.n_layers=2"]
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one step per row")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help='config override for every preset, e.g. --set data.cache_dir=".gpu-data"')
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", default=None, help="also write the results as JSON")
     return parser
@@ -63,9 +65,9 @@ def config_path(preset: str) -> str:
 
 
 def overrides(backend: str | None, batch: int, args: argparse.Namespace) -> list[str]:
-    sets = ["train.grad_accum=1", 'train.device="cuda"', f"train.batch_size={batch}", *args.overrides]
-    if args.quick:
-        sets += QUICK_SETS
+    sets = ["train.grad_accum=1", f'train.device="{args.device}"', f"train.batch_size={batch}", *args.overrides]
+    if args.quick:  # on CPU: train_step.py's toy widths
+        sets += QUICK_SETS if args.device == "cuda" else CPU_QUICK_SETS
     if backend is not None:
         sets.append(f'model.moe.backend="{backend}"')
     return sets
@@ -91,8 +93,8 @@ def run_config(preset: str, backend: str | None, args: argparse.Namespace, steps
     attempts: list[str] = []
     for batch in args.batch_sizes:
         try:
-            r = bench_preset(config_path(preset), overrides(backend, batch, args), steps, args.warmup, 8192,
-                             every=(0,), profile_steps=args.profile)
+            r = bench_preset(config_path(preset), overrides(backend, batch, args), steps, args.warmup,
+                             8192 if args.device == "cuda" else 256, every=(0,), profile_steps=args.profile)
             return dict(r, backend=backend, batch=batch, attempts=attempts)
         except torch.OutOfMemoryError as err:
             attempts.append(f"batch {batch}: out of memory ({str(err).splitlines()[0][:120]})")
@@ -101,7 +103,8 @@ def run_config(preset: str, backend: str | None, args: argparse.Namespace, steps
                          attempts=attempts)
         finally:
             gc.collect()
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return dict(preset=preset, backend=backend, error="no batch size fits", attempts=attempts)
 
 
@@ -115,17 +118,19 @@ def summarize(r: dict, datasheet: float | None) -> dict:
                 tokens_per_step=r["tokens"], step_ms=step * 1e3, tokens_per_s=r["tokens"] / step,
                 model_tflops=achieved / 1e12, matmul_tflops=r["peak"] / 1e12, mfu_vs_matmul=achieved / r["peak"],
                 mfu_vs_datasheet=achieved / datasheet if datasheet else None, datasheet_tflops=(datasheet or 0) / 1e12,
-                peak_memory_gib=r["peak_memory"] / 2**30, params_total=r["counts"]["total"],
+                peak_memory_gib=r["peak_memory"] / 2**30 if r["peak_memory"] is not None else None,
+                params_total=r["counts"]["total"],
                 params_active=r["counts"]["active"], flops_per_token=r["flops_token"], attempts=r["attempts"],
                 profile=r["profile"])
 
 
-def report(rows: list[dict], args_line: str, load_before: str, steps: int, warmup: int) -> list[str]:
+def report(rows: list[dict], args_line: str, device: str, load_before: str, steps: int, warmup: int) -> list[str]:
     pct = lambda x: "–" if x is None else f"{x * 100:.1f}%"  # noqa: E731
+    gib = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
     ok = [r for r in rows if "error" not in r]
     lines = [
         "# Training step on GPU: tokens/s, MFU, peak memory (bf16 autocast, one GPU)", "",
-        f"- command: `{args_line}`", f"- machine: {machine('cuda')}", f"- load average before: {load_before}",
+        f"- command: `{args_line}`", f"- machine: {machine(device)}", f"- load average before: {load_before}",
         f"- method: per preset/backend the first micro-batch of the list that fits; train.grad_accum=1, monitors "
         f"off; {steps} timed steps after {warmup} warm-up, interleaved with a bf16 8192² matmul; medians. "
         "MFU counts active FLOPs only (6·N_active without the input embedding + attention).", "",
@@ -133,7 +138,7 @@ def report(rows: list[dict], args_line: str, load_before: str, steps: int, warmu
                 "MFU (vs matmul)", "peak GiB", "total / active params"],
                [[r["preset"], r["backend"] or "–", f"{r['micro_batch']}×{r['seq_len']}", f"{r['step_ms']:.1f}",
                  f"{r['tokens_per_s']:,.0f}", f"{r['model_tflops']:.1f}", pct(r["mfu_vs_datasheet"]),
-                 pct(r["mfu_vs_matmul"]), f"{r['peak_memory_gib']:.1f}",
+                 pct(r["mfu_vs_matmul"]), gib(r["peak_memory_gib"]),
                  f"{r['params_total'] / 1e6:,.0f}M / {r['params_active'] / 1e6:,.0f}M"] for r in ok]),
     ]
     if ok:
@@ -150,12 +155,12 @@ def report(rows: list[dict], args_line: str, load_before: str, steps: int, warmu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("train_step_gpu: no CUDA device; skipped (nothing written)")
         return 0
     defaults(args)
     steps = args.steps
-    datasheet = args.peak or datasheet_bf16_peak()
+    datasheet = args.peak or datasheet_bf16_peak(args.device)
     load_before = loadavg()
     rows = []
     for preset, backend in configurations(args):
@@ -163,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     argv_used = list(argv if argv is not None else sys.argv[1:])
     write(args.out or RESULTS / ("train_step_gpu_quick.md" if args.quick else "train_step_gpu.md"),
-          report(rows, command("train_step_gpu.py", argv_used), load_before, steps, args.warmup))
-    write_json(args.json, {"device": machine("cuda"), "results": rows})
+          report(rows, command("train_step_gpu.py", argv_used), args.device, load_before, steps, args.warmup))
+    write_json(args.json, {"device": machine(args.device), "results": rows})
     return 0
 
 

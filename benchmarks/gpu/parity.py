@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     parser.add_argument("--tokens", type=int, default=None, help="tokens (default 8192)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     parser.add_argument("--out", default=None, help="markdown report (default: printed only)")
     parser.add_argument("--json", default=None, help="also write the results as JSON")
     return parser
@@ -97,15 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("parity: no CUDA device; skipped (nothing written)")
         return 0
     p = QUICK if args.quick else POINT
     tokens = args.tokens or p.tokens
     torch.manual_seed(0)
-    block = MoEBlock(p.hidden, MoEConfig(p.experts, p.top_k, p.expert_hidden, gate="softmax", backend="loop")).cuda()
-    x = torch.randn(tokens, p.hidden, device="cuda")
-    mb_reason = megablocks.unavailable_reason()
+    block = MoEBlock(p.hidden, MoEConfig(p.experts, p.top_k, p.expert_hidden, gate="softmax", backend="loop"))
+    block.to(args.device)
+    x = torch.randn(tokens, p.hidden, device=args.device)
+    mb_reason = megablocks.unavailable_reason() if args.device == "cuda" else "not on CUDA"
     backends = ["loop", "torch"] + (["megablocks"] if mb_reason is None else [])
     rows = same_routing(block, x, backends)
     hf = versus_transformers(block, x)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_used = list(argv if argv is not None else sys.argv[1:])
     lines = [
         "# bf16 parity on GPU: dispatch backends on one routing, our block vs transformers", "",
-        f"- command: `{command('gpu/parity.py', argv_used)}`", f"- machine: {machine('cuda')}",
+        f"- command: `{command('gpu/parity.py', argv_used)}`", f"- machine: {machine(args.device)}",
         f"- point: H={p.hidden} E={p.experts} k={p.top_k} I={p.expert_hidden}, {tokens} tokens; fp32 master weights",
         f"- megablocks: {'runs' if mb_reason is None else 'not run: ' + mb_reason}", "",
         f"## Same routing, bf16 autocast vs the fp32 loop backend (normwise relative; bounds {BF16_OUT_BOUND:.4f} "

@@ -121,3 +121,18 @@ def test_gpu_entry_points_skip_cleanly_without_cuda(module, tmp_path, capsys):
     out = tmp_path / "r.md"
     assert importlib.import_module(module).main(["--quick", "--out", str(out)]) == 0
     assert "no CUDA device; skipped" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("moe_layer_gpu", ["--profile"]),
+    ("optim_step_gpu", []),
+    ("train_step_gpu", ["--presets", "tiny-moe", "--backends", "torch", "--warmup", "1"]),
+    ("parity", []),
+    pytest.param("fsdp_step", ["--preset", "tiny-moe"], marks=pytest.mark.slow),
+])
+def test_gpu_entry_points_run_their_code_on_cpu(module, argv, tmp_path):
+    """Every GPU entry point's whole code path (``--device cpu``, tiny shapes), so none can rot before a GPU run."""
+    md, js = tmp_path / "r.md", tmp_path / "r.json"
+    assert importlib.import_module(module).main(["--quick", "--device", "cpu", *argv, "--out", str(md),
+                                                 "--json", str(js)]) == 0
+    assert "| ---" in md.read_text() and json.loads(js.read_text())
