@@ -88,10 +88,10 @@ def check(args: argparse.Namespace) -> None:
         prepare(load_config(config_path(preset), overrides(backend, args.batch_sizes[0], args)).data)
 
 
-def run_config(preset: str, backend: str | None, args: argparse.Namespace, steps: int) -> dict:
-    """Bench one preset/backend at the first micro-batch that fits; the failed attempts are kept."""
+def run_config(preset: str, backend: str | None, args: argparse.Namespace, steps: int, sizes: list[int]) -> dict:
+    """Bench one preset/backend at the first micro-batch of ``sizes`` that fits; the failed attempts are kept."""
     attempts: list[str] = []
-    for batch in args.batch_sizes:
+    for batch in sizes:
         try:
             r = bench_preset(config_path(preset), overrides(backend, batch, args), steps, args.warmup,
                              8192 if args.device == "cuda" else 256, every=(0,), profile_steps=args.profile)
@@ -162,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps
     datasheet = args.peak or datasheet_bf16_peak(args.device)
     load_before = loadavg()
-    rows = []
+    rows, fits = [], {}  # a preset's next backend starts at the micro-batch that fitted the previous one
     for preset, backend in configurations(args):
-        rows.append(summarize(run_config(preset, backend, args, steps), datasheet))
+        sizes = args.batch_sizes[args.batch_sizes.index(fits[preset]):] if preset in fits else args.batch_sizes
+        result = run_config(preset, backend, args, steps, sizes)
+        if "batch" in result:
+            fits[preset] = result["batch"]
+        rows.append(summarize(result, datasheet))
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     argv_used = list(argv if argv is not None else sys.argv[1:])
     write(args.out or RESULTS / ("train_step_gpu_quick.md" if args.quick else "train_step_gpu.md"),
