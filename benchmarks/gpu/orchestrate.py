@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -38,7 +39,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,16 +112,20 @@ class Result:
     timeout_s: float = 0.0
     command: str = ""
     error_tail: str = ""
-    result: object = None
-    notes: list[str] = field(default_factory=list)
+    result: object = None  # the stage's own JSON results
 
 
 # ------------------------------------------------------------------------------------------------ running
 
 
 def command_of(stage: Stage, py: str, work: Path) -> list[str]:
-    subs = {"py": py, "work": str(work), "stage_dir": str(work / stage.name)}
-    return [a.format(**subs) for a in stage.argv]
+    subs = {"{py}": py, "{work}": str(work), "{stage_dir}": str(work / stage.name)}
+    argv = []
+    for arg in stage.argv:  # plain replacement: an extra command may contain other braces (${VAR})
+        for key, value in subs.items():
+            arg = arg.replace(key, value)
+        argv.append(arg)
+    return argv
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -159,9 +164,10 @@ class Running:
         r.rc, r.seconds = rc, round(time.monotonic() - self.start, 1)
         if rc != 0:
             r.error_tail = _tail(self.log)
-        json_path = self.work / f"{self.stage.name}.json"
-        if json_path.exists():
-            r.result = json.loads(json_path.read_text())
+        try:
+            r.result = json.loads((self.work / f"{self.stage.name}.json").read_text())
+        except (OSError, ValueError):  # none written, or cut short by the kill
+            pass
         return r
 
 
@@ -176,8 +182,12 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def megablocks_importable(py: str) -> bool:
-    probe = "import megablocks.ops, grouped_gemm.ops"
-    return subprocess.run([py, "-c", probe], cwd="/tmp", capture_output=True, timeout=120).returncode == 0
+    try:
+        probe = subprocess.run([py, "-c", "import megablocks.ops, grouped_gemm.ops"], cwd="/tmp", capture_output=True,
+                               timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
 
 
 def run_all(stages: list[Stage], args: argparse.Namespace, out: Path) -> list[Result]:
@@ -220,8 +230,7 @@ def bundle(results: list[Result], args: argparse.Namespace, out: Path, work: Pat
     """Rewrite the three output files from everything finished so far."""
     out.mkdir(parents=True, exist_ok=True)
     header = {"command": " ".join([DEVICE_COMMAND, shlex.join(args.argv)]).strip(), "python": sys.executable,
-              "budget_s": args.budget,
-              "elapsed_s": round(elapsed, 1), "gpu": _nvidia_smi()}
+              "budget_s": args.budget, "elapsed_s": round(elapsed, 1), "gpu": _nvidia_smi()}
     (out / "results.json").write_text(json.dumps(header | {"stages": [r.__dict__ for r in results]}, indent=1,
                                                  default=str))
     (out / "results.md").write_text(markdown(header, results, work))
@@ -232,6 +241,7 @@ def bundle(results: list[Result], args: argparse.Namespace, out: Path, work: Pat
                 tar.add(log, arcname=f"build/{Path(log).name}")
 
 
+@functools.cache
 def _nvidia_smi() -> str:
     try:
         proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -416,7 +426,7 @@ def selected(args: argparse.Namespace) -> list[Stage]:
     extras = [Stage(name, int(seconds), tuple(shlex.split(cmd)), f"extra: {cmd}") for name, seconds, cmd in args.extra]
     stages = [*stage_list(args.kit, args.data), *extras]
     if args.only is None:
-        return [s for s in stages if s not in extras] + extras
+        return stages
     unknown = set(args.only) - {s.name for s in stages}
     if unknown:
         raise SystemExit(f"error: unknown stage(s) {', '.join(sorted(unknown))}; stages: "
