@@ -100,6 +100,28 @@ def profile_table(fn: Callable[[], object], device: torch.device | str = "cuda",
                                      row_limit=rows, max_name_column_width=60)
 
 
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+
+
+def runnable(fns: dict[str, Callable[[], object]], notes: list[str]) -> dict[str, Callable[[], object]]:
+    """The candidates whose first call succeeds; each one that raises is left out with a note (the rest still run)."""
+    ok = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as err:  # noqa: BLE001 - a benchmark reports a failing candidate, it does not die of it
+            notes.append(f"{name}: not timed, its first call raised {first_line(err)}")
+    return ok
+
+
+def ratio(num: float | None, den: float | None) -> str:
+    """``num / den`` as "1.23×", or "–" when either is missing (a candidate that was not timed)."""
+    return "–" if num is None or den is None else f"{num / den:.2f}×"
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from _common import RESULTS, command, interleaved, loadavg, machine, median, profile_table, table, write, write_json
+from _common import (RESULTS, command, first_line, interleaved, loadavg, machine, median, profile_table, ratio,
+                     runnable, table, write, write_json)
 from moe_layer import QUICK, Point, fwd_bwd, setup
 
 from moe import MoEBlock
@@ -32,6 +33,7 @@ from moe.dispatch.precision import BF16_OUT_BOUND, relative_error
 GPU_POINT = Point(2048, 64, 8, 32768, 1408)
 GPU_QUICK = Point(256, 8, 2, 2048, 128)
 HF_FP32_TOL = 1e-4  # fp32 vs fp32 on identical weights and routing: only summation order differs
+HF_CHECK = "hf fp32 vs ours fp32"
 
 
 def megablocks_ok() -> bool:
@@ -59,21 +61,22 @@ def fp32_copy(block: torch.nn.Module, backend: str | None = None) -> torch.nn.Mo
     return ref
 
 
-def gate(blocks: dict[str, MoEBlock], hf_gmm: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Relative errors of each candidate vs the fp32 loop backend on the same routing, and of HF fp32 vs ours fp32;
-    raises AssertionError above the bounds (nothing is timed then)."""
+def gate(blocks: dict[str, MoEBlock], hf_eager: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Relative errors of each candidate vs the fp32 loop backend on the same routing, and of HF fp32 (its eager
+    experts: grouped_mm may lack fp32 kernels) vs ours fp32."""
     reference = fp32_copy(next(iter(blocks.values())), "loop")
     errors = {}
     with torch.no_grad(), no_tf32():
         ref = reference(x.float())[0]
         for name, block in blocks.items():
             errors[name] = relative_error(block(x)[0], ref)
-        hf = fp32_copy(hf_gmm)(x.float())
-        errors["hf fp32 vs ours fp32"] = float(((hf - ref).abs().max() / ref.abs().max()))
-    bad = {n: e for n, e in errors.items() if e > (HF_FP32_TOL if n.startswith("hf") else BF16_OUT_BOUND)}
-    if bad:
-        raise AssertionError(f"correctness gate failed (bounds {BF16_OUT_BOUND:.3f} bf16, {HF_FP32_TOL} fp32): {bad}")
+        hf = fp32_copy(hf_eager)(x.float())
+        errors[HF_CHECK] = float(((hf - ref).abs().max() / ref.abs().max()))
     return errors
+
+
+def failed(errors: dict[str, float]) -> list[str]:
+    return [n for n, e in errors.items() if e > (HF_FP32_TOL if n == HF_CHECK else BF16_OUT_BOUND)]
 
 
 def amp(fn: Callable[[], None], device: str) -> Callable[[], None]:
@@ -110,16 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = loadavg()
     s = setup(p, with_loop=False, device=args.device, dtype=torch.bfloat16, backends=("auto", *backends))
     ours = {"ours auto": s.ours, **s.extra}
-    errors = gate(ours, s.hf_gmm, s.x)
-    hf_err = s.hf_error()
+    errors = gate(ours, s.hf_eager, s.x)
+    notes = [f"**gate FAILED**: {n} {errors[n]:.2e}" + ("" if n == HF_CHECK else " — not timed") for n in failed(errors)]
+    try:
+        hf_err = f"{s.hf_error():.2e}"
+    except Exception as err:  # noqa: BLE001 - information only
+        hf_err = first_line(err)
     fns = s.fns(("auto",))
     for name, block in ours.items():  # training's configuration: fp32 master weights under bf16 autocast
         fns[f"{name} amp"] = amp(fwd_bwd(fp32_copy(block), s.x, s.grad, True), args.device)
+    fns = runnable({n: f for n, f in fns.items() if n.removesuffix(" amp") not in failed(errors)}, notes)
     times = interleaved(fns, args.repeats or (3 if args.quick else 10), warmup=2, device=args.device)
     med = {n: median(t) for n, t in times.items()}
     expert_flops = 6 * p.tokens * p.top_k * 3 * p.hidden * p.expert_hidden
-    rows = [[n, f"{med[n] * 1e3:.2f}", f"{med[n] / med['dense']:.2f}×", f"{med['hf eager'] / med[n]:.2f}×",
-             f"{med['hf grouped_mm'] / med[n]:.2f}×", f"{p.tokens / med[n]:,.0f}", f"{expert_flops / med[n] / 1e12:.0f}"]
+    rows = [[n, f"{med[n] * 1e3:.2f}", ratio(med[n], med.get("dense")), ratio(med.get("hf eager"), med[n]),
+             ratio(med.get("hf grouped_mm"), med[n]), f"{p.tokens / med[n]:,.0f}", f"{expert_flops / med[n] / 1e12:.0f}"]
             for n in med]
     argv_used = list(argv if argv is not None else sys.argv[1:])
     lines = [
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "- gate (same routing; normwise relative error vs our fp32 loop backend, bound "
         f"{BF16_OUT_BOUND:.4f}; HF fp32 vs ours fp32 max relative, bound {HF_FP32_TOL}): "
         + ", ".join(f"{n} {e:.2e}" for n, e in errors.items()),
-        f"- max |Δ| ours vs HF grouped_mm both in bf16 (routing differs on some tokens; information only): {hf_err:.2e}",
+        f"- max |Δ| ours vs HF grouped_mm both in bf16 (routing differs on some tokens; information only): {hf_err}",
+        *(f"- {note}" for note in notes),
         "", "Targets: ours ≥ 5× HF eager, ≥ 1.0× HF grouped_mm, ≤ 1.3× dense.", "",
         *table(["candidate", "median ms", "vs dense", "HF eager / this", "HF grouped_mm / this", "tokens/s",
                 "expert TFLOP/s (fwd+bwd)"], rows),
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["", f"## Profile: {name}", "", "```", profile_table(fns[name], args.device), "```"]
     write(args.out or RESULTS / ("moe_layer_gpu_quick.md" if args.quick else "moe_layer_gpu.md"), lines)
     write_json(args.json, {"point": p.label(), "median_s": med, "gate": errors, "hf_bf16_max_abs": hf_err,
-                           "megablocks": bool(backends)})
+                           "megablocks": bool(backends), "notes": notes, "pass": not failed(errors)})
     return 0
 
 
