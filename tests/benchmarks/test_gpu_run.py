@@ -74,6 +74,16 @@ def test_dry_run_names_a_missing_carry(tmp_path, capsys):
     assert "train_dense: train_step_gpu: DataError:" in out and "HYPERP_OFFLINE=1 forbids downloading" in out
 
 
+def test_dry_run_refuses_more_than_the_device_tool_sends(carry, monkeypatch, capsys):
+    """The size counted is the working tree (what git would list) plus the carried folders."""
+    kit, data = carry
+    assert orchestrate.check_carry(kit, data) == []
+    total, parts = orchestrate.sent_bytes((kit, data))
+    assert parts[data] == sum(p.stat().st_size for p in Path(data).rglob("*") if p.is_file()) > 0
+    monkeypatch.setattr(orchestrate, "SEND_LIMIT", total - 1)
+    assert any("would be sent, more than" in p for p in orchestrate.check_carry(kit, data))
+
+
 @pytest.mark.parametrize("argv,problem", [
     (("{py}", "benchmarks/moe_layer_gpu.py", "--no-such-flag"), "arguments do not parse"),
     (("{py}", "benchmarks/train_step_gpu.py", "--presets", "d99"), "d99.toml"),
