@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     s = setup(p, with_loop=False, device=args.device, dtype=torch.bfloat16, backends=("auto", *backends))
     ours = {"ours auto": s.ours, **s.extra}
     errors = gate(ours, s.hf_eager, s.x)
-    notes = [f"**gate FAILED**: {n} {errors[n]:.2e}" + ("" if n == HF_CHECK else " — not timed") for n in failed(errors)]
+    notes = [f"**gate FAILED**: {n} {errors[n]:.2e}{'' if n == HF_CHECK else ', not timed'}" for n in failed(errors)]
     try:
         hf_err = f"{s.hf_error():.2e}"
     except Exception as err:  # noqa: BLE001 - information only
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     med = {n: median(t) for n, t in times.items()}
     expert_flops = 6 * p.tokens * p.top_k * 3 * p.hidden * p.expert_hidden
     rows = [[n, f"{med[n] * 1e3:.2f}", ratio(med[n], med.get("dense")), ratio(med.get("hf eager"), med[n]),
-             ratio(med.get("hf grouped_mm"), med[n]), f"{p.tokens / med[n]:,.0f}", f"{expert_flops / med[n] / 1e12:.0f}"]
+             ratio(med.get("hf grouped_mm"), med[n]), f"{p.tokens / med[n]:,.0f}",
+             f"{expert_flops / med[n] / 1e12:.0f}"]
             for n in med]
     argv_used = list(argv if argv is not None else sys.argv[1:])
     lines = [

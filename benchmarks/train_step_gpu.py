@@ -149,7 +149,8 @@ def report(rows: list[dict], args_line: str, device: str, load_before: str, step
             lines.append(f"- {r['preset']} / {r['backend'] or '–'}: {note}")
     for r in ok:
         if r["profile"]:
-            lines += ["", f"## Profile: {r['preset']} / {r['backend'] or '–'} (one step)", "", "```", r["profile"], "```"]
+            title = f"## Profile: {r['preset']} / {r['backend'] or '–'} (one step)"
+            lines += ["", title, "", "```", r["profile"], "```"]
     return lines
 
 

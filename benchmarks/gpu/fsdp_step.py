@@ -107,10 +107,10 @@ def setup(args: argparse.Namespace) -> tuple[str, list[str]]:
     from train.config import load_config
 
     config = str(ROOT / "configs" / f"{args.preset}.toml")
-    steps = args.steps or (2 if args.quick else 4)
+    args.steps = args.steps or (2 if args.quick else 4)
     base = [f"model.n_layers={args.layers or (1 if args.quick else 2)}", "train.grad_accum=1",
             f"train.batch_size={args.batch_size or (1 if args.quick else 2)}", f'train.device="{args.device}"',
-            "monitor.every=0", 'log.wandb="disabled"', "log.progress=false", f"train.max_steps={steps}",
+            "monitor.every=0", 'log.wandb="disabled"', "log.progress=false", f"train.max_steps={args.steps}",
             "train.warmup_steps=0", *args.overrides]
     if load_config(config).model.moe is not None:
         base.append('model.moe.backend="torch"')
@@ -132,13 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         print("fsdp_step: no CUDA device; skipped (nothing written)")
         return 0
     config, base = setup(args)
-    steps = args.steps or (2 if args.quick else 4)
     open_one_rank_group()
     torch.backends.cuda.matmul.allow_tf32 = False
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, dtype in (("fp32", "float32"), ("bf16", "auto")):
-            results[mode] = compare(config, [*base, f'train.dtype="{dtype}"'], steps, Path(tmp) / mode)
+            results[mode] = compare(config, [*base, f'train.dtype="{dtype}"'], args.steps, Path(tmp) / mode)
             torch.cuda.empty_cache()
     exact = results["fp32"]["max_rel_loss_diff"] <= FP32_TOL and results["fp32"]["params_close"]
     argv_used = list(argv if argv is not None else sys.argv[1:])

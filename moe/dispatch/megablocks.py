@@ -29,7 +29,7 @@ from hyperp.errors import ConfigError
 from moe.dispatch.precision import compute_dtype, expert_operands
 from moe.experts import Experts
 
-_MESSAGE = "moe.backend='megablocks' needs CUDA and the megablocks package (make install-gpu; see python -m train.doctor)"
+_MESSAGE = "moe.backend='megablocks' needs CUDA and the megablocks package (make install-gpu; python -m train.doctor)"
 GMM_DTYPE = torch.bfloat16  # the only dtype grouped_gemm's gmm accepts
 
 

