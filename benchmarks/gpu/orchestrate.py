@@ -264,6 +264,9 @@ def markdown(header: dict, results: list[Result], work: Path) -> str:
              f"- python: {header['python']}; budget {header['budget_s']} s; elapsed {header['elapsed_s']} s", "",
              "| stage | status | seconds | check | what |", "| --- | --- | ---: | --- | --- |"]
     lines += [f"| {r.name} | {r.status} | {r.seconds} | {_verdict(r)} | {r.what} |" for r in results]
+    overlapped = [r.name for r in results[:next((i for i, r in enumerate(results) if r.name == "build"), 0)]]
+    if overlapped and results[len(overlapped)].command:  # the build ran, in the background of these stages
+        lines += ["", f"The MegaBlocks build (CPU: two nvcc compiles) ran alongside {', '.join(overlapped)}."]
     for r in results:
         report = work / f"{r.name}.md"
         lines += ["", f"## {r.name}: {r.status}", "", f"`{r.command}`" if r.command else ""]
