@@ -1,15 +1,17 @@
 """GPU MoE layer forward+backward (bf16): megablocks vs our torch grouped_mm vs transformers vs a dense floor.
 
-``python benchmarks/moe_layer_gpu.py [--quick] [--repeats N] [--profile] [--out FILE] [--json FILE]``
+``python benchmarks/moe_layer_gpu.py [--quick] [--repeats N] [--profile] [--device cpu] [--out FILE] [--json FILE]``
 
 Hidden 2048, 64 experts of 1408, top-8, 32,768 tokens on one CUDA device; the candidates and side-by-side method
-of ``benchmarks/moe_layer.py`` (bf16 weights and activations), plus ``ours <backend> amp``: fp32 master weights
-under bf16 autocast, what training runs (the experts cast their weights every call). ``ours megablocks`` runs when
-megablocks imports. Before timing, a correctness gate on the same routing (transformers 5.17 computes router
-logits in bf16 and ours in fp32, so ~2 % of tokens pick other experts and a direct bf16 comparison is no check):
-each of our bf16 candidates vs our loop backend in fp32 on the same (bf16-rounded) weights, within the bf16 bound
-of ``moe/dispatch/precision.py``; and transformers' block in fp32 vs ours in fp32 (max relative error ≤ 1e-4).
-``--profile`` adds torch.profiler tables of our candidates. Without CUDA it prints why and exits 0.
+of ``benchmarks/moe_layer.py`` in bf16 weights and activations — ``ours torch`` (our block, torch backend),
+``ours megablocks`` (when megablocks imports), ``hf eager`` / ``hf grouped_mm``, ``dense`` — plus ``ours <backend>
+amp``: fp32 master weights under bf16 autocast, what training runs (the experts cast their weights every call).
+Before timing, a correctness gate on the same routing (transformers 5.17 computes router logits in bf16 and ours in
+fp32, so ~2 % of tokens pick other experts and a direct bf16 comparison is no check): each of our candidates vs our
+loop backend in fp32 on the same (bf16-rounded) weights, within the bf16 bound of ``moe/dispatch/precision.py``
+(a candidate that fails is reported and not timed); and transformers' block in fp32 vs ours in fp32 (max relative
+error ≤ 1e-4). ``--profile`` adds torch.profiler tables of our candidates. Without CUDA it prints why and exits 0;
+``--device cpu`` runs the same code on CPU (a smoke run; use with ``--quick``).
 """
 
 from __future__ import annotations
@@ -112,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     backends = ("megablocks",) if args.device == "cuda" and megablocks_ok() else ()
     load_before = loadavg()
     s = setup(p, with_loop=False, device=args.device, dtype=torch.bfloat16, backends=("auto", *backends))
-    ours = {"ours auto": s.ours, **s.extra}
+    ours = {"ours torch": s.ours, **s.extra}  # s.ours runs the torch backend (grouped_mm layout on GPU)
     errors = gate(ours, s.hf_eager, s.x)
     notes = [f"**gate FAILED**: {n} {errors[n]:.2e}{'' if n == HF_CHECK else ', not timed'}" for n in failed(errors)]
     try:
         hf_err = f"{s.hf_error():.2e}"
     except Exception as err:  # noqa: BLE001 - information only
         hf_err = first_line(err)
-    fns = s.fns(("auto",))
+    fns = {n.replace("ours auto", "ours torch"): f for n, f in s.fns(("auto",)).items()}
     for name, block in ours.items():  # training's configuration: fp32 master weights under bf16 autocast
         fns[f"{name} amp"] = amp(fwd_bwd(fp32_copy(block), s.x, s.grad, True), args.device)
     fns = runnable({n: f for n, f in fns.items() if n.removesuffix(" amp") not in failed(errors)}, notes)
