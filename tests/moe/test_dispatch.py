@@ -49,13 +49,15 @@ def _problem(n=37, h=16, e=6, k=3, i=8, seed=0, dtype=torch.float32):
 
 
 def dispatch_grads(backend, x, indices, weights, experts, autocast=None):
-    """Output and the gradients of (x, weights, w_gate, w_up, w_down) for a fixed random cotangent; the forward
-    runs under ``torch.autocast(x's device, autocast)`` when a dtype is given (backward outside, as in training)."""
+    """Output and the gradients of (x, weights, w_gate, w_up, w_down) for a fixed random cotangent; ``backend`` is a
+    name or a dispatch function; the forward runs under ``torch.autocast(x's device, autocast)`` when a dtype is
+    given (backward outside, as in training)."""
+    fn = get_dispatch(backend, x.device) if isinstance(backend, str) else backend
     x = x.clone().requires_grad_()
     weights = weights.clone().requires_grad_()
     experts.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        out = get_dispatch(backend, x.device)(x, indices, weights, experts)
+        out = fn(x, indices, weights, experts)
     g = torch.Generator(device=x.device).manual_seed(123)
     (out.float() * torch.randn(out.shape, generator=g, device=x.device)).sum().backward()
     return out.detach(), [x.grad, weights.grad, experts.w_gate.grad, experts.w_up.grad, experts.w_down.grad]
@@ -323,17 +325,10 @@ def test_megablocks_backend_casts_for_grouped_gemm(megablocks_standins, autocast
     raises as grouped_gemm does), the output comes back in the caller's dtype, fp32 weights get fp32 gradients."""
     x, indices, weights, experts = _problem(n=256, h=64, e=8, k=2, i=32)
     reference = dispatch_grads("loop", x, indices, weights, experts)
-    x2 = x.clone().requires_grad_()
-    w2 = weights.clone().requires_grad_()
-    experts.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-        out = megablocks_standins.dispatch(x2, indices, w2, experts)
-    g = torch.Generator().manual_seed(123)
-    (out.float() * torch.randn(out.shape, generator=g)).sum().backward()
-    grads = [x2.grad, w2.grad, experts.w_gate.grad, experts.w_up.grad, experts.w_down.grad]
+    out, grads = dispatch_grads(megablocks_standins.dispatch, x, indices, weights, experts, autocast=autocast)
     assert out.dtype == (autocast or torch.float32)
     assert [t.dtype for t in grads] == [torch.float32] * 5
-    _assert_bf16_close((out.detach(), grads), reference)
+    _assert_bf16_close((out, grads), reference)
 
 
 def test_megablocks_gmm_operands_are_bf16_contiguous_and_differentiable():
