@@ -18,7 +18,7 @@ from models.qwen3 import Qwen3, build_model
 from train.callbacks import Callback, JSONLLogger, PeriodicCheckpoint, ProgressBar, WandbLogger
 from train.config import RunConfig
 from train.monitors import monitor_callbacks
-from train.data import BatchSampler, PreparedData, prepare
+from train.data import BatchSampler, Prefetcher, PreparedData, prepare
 from train.distributed import DistEnv, checkpoint_activations, device_for, wrap
 
 
@@ -27,7 +27,7 @@ class Components:
     model: Qwen3
     optimizer: Any
     data: PreparedData
-    sampler: BatchSampler
+    sampler: BatchSampler | Prefetcher  # data.prefetch > 0: batches built ahead in a thread, on the device
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     lr_scale: float
@@ -84,7 +84,7 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     data = prepare(cfg.data)
     if env.is_main:
         env.barrier()
-    sampler = data.sampler(cfg.train.batch_size, env.rank, env.world_size, grad_accum=cfg.train.grad_accum)
+    sampler = data.loader(cfg.train.batch_size, env.rank, env.world_size, cfg.train.grad_accum, device)
     if data.vocab_size > cfg.model.vocab_size:
         from hyperp.errors import ConfigError
 
