@@ -183,7 +183,7 @@ def _eta(seconds: float) -> str:
 
 
 class Progress:
-    """``tokenize [12/40 shards] 1.23/4.10 GB 35.2 MB/s ETA 1m23s`` on stderr (in place on a terminal)."""
+    """``tokenize [12/40 shards] 1230.5/4100.0 MB 35.2 MB/s ETA 1m23s`` on stderr (in place on a terminal)."""
 
     def __init__(self, total_shards: int, total_bytes: int, done_shards: int, done_bytes: int) -> None:
         self.total_shards, self.total_bytes = total_shards, total_bytes
@@ -194,7 +194,7 @@ class Progress:
         self.shards, self.bytes = self.shards + 1, self.bytes + text_bytes
         rate = (self.bytes - self.start_bytes) / max(1e-9, time.perf_counter() - self.t0)
         eta = _eta((self.total_bytes - self.bytes) / rate) if rate > 0 else "?"
-        line = (f"tokenize [{self.shards}/{self.total_shards} shards] {self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB "
+        line = (f"tokenize [{self.shards}/{self.total_shards} shards] {self.bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB "
                 f"{rate / 1e6:.1f} MB/s ETA {eta}")
         print(("\r" + line) if self.tty else line, end="" if self.tty and self.shards < self.total_shards else "\n",
               file=sys.stderr, flush=True)

@@ -117,7 +117,8 @@ def tail_cut(tokens: np.ndarray, val_fraction: float, doc_starts: Sequence[int] 
         i = bisect.bisect_left(doc_starts, target)
         candidates = [int(doc_starts[j]) for j in (i - 1, i) if 0 <= j < len(doc_starts)]
     else:
-        lo, hi = max(0, target - min(slack, MAX_EOS_SCAN)), min(n - 1, target + min(slack, MAX_EOS_SCAN))
+        reach = min(slack, MAX_EOS_SCAN)
+        lo, hi = max(0, target - reach - 1), min(n - 1, target + reach)  # EOS at p: a document starts at p + 1
         after_eos = np.flatnonzero(np.asarray(tokens[lo:hi]) == eos_id) + lo + 1
         j = int(np.searchsorted(after_eos, target))
         candidates = [int(after_eos[k]) for k in (j - 1, j) if 0 <= k < len(after_eos)]
