@@ -144,11 +144,15 @@ def test_prefetcher_serves_exactly_the_sampler_batches(tmp_path):
     sampler = data.sampler(4, grad_accum=2)
     loader = data.loader(4, 0, 1, 2, torch.device("cpu"))
     assert isinstance(loader, Prefetcher)
-    order = [(s, m) for s in range(6) for m in range(2)] + [(2, 1), (3, 0), (0, 0), (9, 1)]  # in order, then jumps
-    for step, micro in order:
+    in_order = [(s, m) for s in range(6) for m in range(2)]
+    for i, (step, micro) in enumerate(in_order + [(2, 1), (3, 0), (0, 0), (9, 1)]):  # in order, then jumps
         x, y = loader.batch_at(step, micro)
         x0, y0 = sampler.batch_at(step, micro)
         assert torch.equal(x, x0) and torch.equal(y, y0)
+        if i == 0:
+            thread = loader._thread
+        elif i < len(in_order):
+            assert loader._thread is thread  # consumed in order: served from the same thread, never restarted
     loader.close()
     assert loader._thread is None
 
