@@ -297,14 +297,14 @@ class BatchSampler:
 
 
 def val_windows(
-    windows: Windows, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1
+    windows: Windows, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1, name: str = "data"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n_batches`` fixed validation batches of windows spread evenly over the split (fewer if the split is
     small; windows repeat only if one global batch exceeds the split). Rank ``r`` gets slice ``r`` of each."""
     n = windows.n
     if n < 1:
-        raise DataError(f"validation split has {windows.n_tokens} tokens in segments shorter than data.seq_len + 1 = "
-                        f"{windows.seq_len + 1}; raise data.val_fraction or lower data.seq_len")
+        raise DataError(f"validation split of {name} has {windows.n_tokens} tokens in segments shorter than "
+                        f"data.seq_len + 1 = {windows.seq_len + 1}; raise data.val_fraction or lower data.seq_len")
     per_batch = batch_size * world_size
     n_batches = max(1, min(n_batches, n // per_batch))
     total = per_batch * n_batches

@@ -154,19 +154,23 @@ def read_text_file(path: Path, errors: str = "strict") -> tuple[str, int]:
     return text.replace("\r\n", "\n"), replaced
 
 
+def text_files(path: Path, what: str) -> list[Path]:
+    """``[path]`` for a file; the ``*.txt/*.md/*.rst`` files under a directory (recursive, sorted)."""
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+    if not files:
+        raise DataError(f"{what} {path} contains no *.txt/*.md/*.rst files")
+    return files
+
+
 def read_text_path(path: Path, separator: str | None = None, errors: str = "strict") -> tuple[list[Document], int]:
     """User text: a file, or a directory of ``*.txt/*.md/*.rst`` (recursive). One file = one document, or
     split on ``separator`` (``"blank"`` = blank lines, anything else = that literal string). Returns the documents
     and the number of characters replaced while decoding (always 0 with ``errors="strict"``)."""
-    if not path.exists():
-        raise DataError(f"data.path {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
-        if not files:
-            raise DataError(f"data.path {path} contains no *.txt/*.md/*.rst files")
-        base = path
-    else:
-        files, base = [path], path.parent
+    files, base = text_files(path, "data.path"), path if path.is_dir() else path.parent
     docs, replaced = [], 0
     for file in files:
         name = file.relative_to(base).as_posix()

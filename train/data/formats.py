@@ -257,13 +257,16 @@ def _common(infos: list[dict], files: list[TokenFile], key: str) -> int:
 def open_tokens(text: str, tokenizer_spec: str, cache_dir: Path) -> TokenDataset:
     """Resolve a token path (formats in the module docstring) to memory-mapped files; reads no tokens."""
     path, meta = Path(text).expanduser(), _Meta(tokenizer_spec, cache_dir)
-    nanogpt = path.is_dir() and (path / "train.bin").is_file() and (path / "val.bin").is_file() and not _is_megatron(path / "train.bin")
-    names = [path / "train.bin"] if nanogpt else _listing(text)
-    opened = [_open(p, meta) for p in names]
-    val = [_open(path / "val.bin", meta)] if nanogpt else []
+    train_bin, val_bin = path / "train.bin", path / "val.bin"
+    nanogpt = path.is_dir() and train_bin.is_file() and val_bin.is_file() and not _is_megatron(train_bin)
+    opened = [_open(p, meta) for p in ([train_bin] if nanogpt else _listing(text))]
+    val = [_open(val_bin, meta)] if nanogpt else []
     files, infos = [f for f, _ in opened + val], [i for _, i in opened + val]
-    kind = "nanogpt" if nanogpt else "megatron" if any(isinstance(f.doc_starts, MegatronDocStarts) for f in files) else "shards"
+    megatron = any(isinstance(f.doc_starts, MegatronDocStarts) for f in files)
+    kind = "nanogpt" if nanogpt else "megatron" if megatron else "shards"
     tokenizer = next((i["tokenizer"] for i in infos if isinstance(i.get("tokenizer"), str)), None)
+    if tokenizer is None and bpe_vocab_size(tokenizer_spec) is None:
+        tokenizer = tokenizer_spec  # sidecars without a tokenizer: data.tokenizer, when it names one that exists
     return TokenDataset(text, kind, files[: len(opened)], _common(infos, files, "vocab_size"),
                         _common(infos, files, "eos_id"), tokenizer, files[len(opened):])
 

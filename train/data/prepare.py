@@ -82,7 +82,7 @@ class PreparedData:
         self, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1
     ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
         """``n_batches`` fixed validation batches of each source (for per-source validation losses)."""
-        return {s.name: val_windows(Windows(s.val, self.config.seq_len), batch_size, n_batches, rank, world_size)
+        return {s.name: val_windows(Windows(s.val, self.config.seq_len), batch_size, n_batches, rank, world_size, s.name)
                 for s in self.sources}
 
     def val_batches(
@@ -93,7 +93,7 @@ class PreparedData:
         shares = _apportion([s.weight for s in self.sources], n_batches)
         out = []
         for source, k in zip(self.sources, shares):
-            out += val_windows(Windows(source.val, self.config.seq_len), batch_size, k, rank, world_size)
+            out += val_windows(Windows(source.val, self.config.seq_len), batch_size, k, rank, world_size, source.name)
         return out
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from hyperp.errors import DataError
 from train.data.cache import ENCODE_CHUNK, dtype_for, write_json_atomic
 from train.data.config import DECODE_ERRORS
-from train.data.corpus import TEXT_SUFFIXES, read_text_file, split_text
+from train.data.corpus import read_text_file, split_text, text_files
 from train.data.split import stable_hash
 from train.tokenizer import Tokenizer, bpe_vocab_size, load_tokenizer, train_bpe
 
@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.data tokenize", description=__doc__.splitlines()[0])
     p.add_argument("input", help="a text file or a directory of *.txt/*.md/*.rst files (recursive)")
     p.add_argument("--out", required=True, help="output directory of shards (created; re-run to resume)")
-    p.add_argument("--tokenizer", default="bpe-8k", help="bpe-<N> (trained on a sample), qwen, gpt2 or a tokenizer.json path")
+    p.add_argument("--tokenizer", default="bpe-8k",
+                   help="bpe-<N> (trained on a sample), qwen, gpt2 or a tokenizer.json path")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: all cores)")
     p.add_argument("--shard-mb", type=float, default=256.0, help="text per shard in MB (default 256)")
     p.add_argument("--doc-separator", default=None, help="'blank' or a literal string splitting files into documents")
@@ -55,19 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-def input_files(root: Path) -> list[Path]:
-    if not root.exists():
-        raise DataError(f"input {root} does not exist")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
-    if not files:
-        raise DataError(f"input {root} contains no *.txt/*.md/*.rst files")
-    return files
-
-
 def make_plan(root: Path, args: argparse.Namespace) -> dict:
     """Everything that determines the output: files (name, size, mtime), their grouping, tokenizer, options."""
-    files = input_files(root)
-    entries = [[str(p.relative_to(root)) if root.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    files = text_files(root, "input")
+    entries = [[str(p.relative_to(root)) if root.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns]
+               for p in files]
     shards, start, size = [], 0, 0
     for i, (_, n, _) in enumerate(entries):
         size += n
@@ -167,7 +160,8 @@ def tokenize_shard(task: tuple) -> dict:
         np.save(f, np.asarray(starts, dtype=np.int64))
     meta = {"dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "n_tokens": n_tokens,
             "n_docs": len(starts), "tokenizer": "tokenizer.json" if Path(spec) == out / "tokenizer.json" else spec,
-            "sha256": digest.hexdigest(), "replaced_chars": replaced, "text_bytes": sum(Path(p).stat().st_size for p in files)}
+            "sha256": digest.hexdigest(), "replaced_chars": replaced,
+            "text_bytes": sum(Path(p).stat().st_size for p in files)}
     tmp[".json"].write_text(json.dumps(meta, indent=1))
     for suffix in (".docs.npy", ".json", ".bin"):  # the .bin last: its presence marks the shard complete
         _replace(tmp[suffix], out / f"{name}{suffix}")
