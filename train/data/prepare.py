@@ -119,16 +119,22 @@ def _read_documents(source: SourceConfig, cfg: DataConfig, cache: Path) -> tuple
     return docs, {s: {"n_docs": len(v), "n_bytes": sum(len(d.text.encode()) for d in v)} for s, v in by_source.items()}
 
 
-def _text_sources(cfg: DataConfig, entries: list[SourceConfig], cache: Path, verify: bool) -> tuple[Tokenizer, list[Source]]:
-    """Tokenize (once) and memory-map the text sources; one tokenizer for all of them."""
+def _cache_layout(cfg: DataConfig, entries: list[SourceConfig], cache: Path) -> tuple[str, list[Path], list[dict]]:
+    """(tokenizer key, cache directory and identity of each text source). One text source keeps the historical layout
+    ``tokens/<key>/<spec>``; a BPE trained on several is keyed by all of them (``<spec>.mix-<hash>``)."""
     keys = [corpus_identity(e, cfg.val_fraction, cfg.doc_separator, cfg.decode_errors) for e in entries]
     tok_key = keys[0][0] if len(entries) == 1 else "mix-" + stable_hash(*sorted(k for k, _ in keys))[:10]
-    trained_here = bpe_vocab_size(cfg.tokenizer) is not None
-    tag = cfg.tokenizer if len(entries) == 1 or not trained_here else f"{cfg.tokenizer}.{tok_key}"
+    joint = len(entries) > 1 and bpe_vocab_size(cfg.tokenizer) is not None
+    tag = f"{cfg.tokenizer}.{tok_key}" if joint else cfg.tokenizer
     dirs = [cache / "tokens" / key / safe_name(tag) for key, _ in keys]
     identities = [{"format_version": FORMAT_VERSION, "source": ident, "val_fraction": cfg.val_fraction,
                    "tokenizer": tag} for _, ident in keys]
-    manifests = [read_manifest(d) for d in dirs]
+    return tok_key, dirs, identities
+
+
+def _text_sources(cfg: DataConfig, entries: list[SourceConfig], cache: Path, verify: bool) -> tuple[Tokenizer, list[Source]]:
+    """Tokenize (once) and memory-map the text sources; one tokenizer for all of them."""
+    tok_key, dirs, identities = _cache_layout(cfg, entries, cache)
     splits: dict[int, tuple] = {}
 
     def split_of(i: int) -> tuple:  # (train docs, val docs, manifest info), read only when needed
@@ -138,21 +144,20 @@ def _text_sources(cfg: DataConfig, entries: list[SourceConfig], cache: Path, ver
             splits[i] = (train, val, {"sources": counts, "split": how})
         return splits[i]
 
-    needs_docs = trained_here and not bpe_path(cfg.tokenizer, cache, tok_key).is_file()
-    corpus = [d.text for i in range(len(entries)) for d in split_of(i)[0]] if needs_docs else None
-    tok = load_tokenizer(cfg.tokenizer, cache, corpus, tok_key)
+    needs_docs = bpe_vocab_size(cfg.tokenizer) is not None and not bpe_path(cfg.tokenizer, cache, tok_key).is_file()
+    tok = load_tokenizer(cfg.tokenizer, cache, [d.text for i in range(len(entries)) for d in split_of(i)[0]]
+                         if needs_docs else None, tok_key)
     sources = []
-    for i, entry in enumerate(entries):
-        manifest = manifests[i]
-        if manifest_matches(manifest, identities[i]):
-            if (tok.vocab_size, tok.eos_id) != (manifest.get("vocab_size"), manifest.get("eos_id")):
-                raise DataError(f"tokenizer {cfg.tokenizer} (vocab {tok.vocab_size}, eos {tok.eos_id}) does not match the "
-                                f"token cache {dirs[i] / 'manifest.json'}; delete {dirs[i]} and re-run")
-        else:
+    for i, (entry, directory) in enumerate(zip(entries, dirs)):
+        manifest = read_manifest(directory)
+        if not manifest_matches(manifest, identities[i]):
             train, val, info = split_of(i)
-            manifest = build_cache(dirs[i], identities[i], tok, {"train": train, "val": val}, info)
-        arrays = {s: open_split(dirs[i], manifest, s, verify) for s in ("train", "val")}
-        sources.append(Source(entry.label, entry.weight, [arrays["train"]], [arrays["val"]], manifest, dirs[i]))
+            manifest = build_cache(directory, identities[i], tok, {"train": train, "val": val}, info)
+        elif (tok.vocab_size, tok.eos_id) != (manifest.get("vocab_size"), manifest.get("eos_id")):
+            raise DataError(f"tokenizer {cfg.tokenizer} (vocab {tok.vocab_size}, eos {tok.eos_id}) does not match the "
+                            f"token cache {directory / 'manifest.json'}; delete {directory} and re-run")
+        arrays = {s: open_split(directory, manifest, s, verify) for s in ("train", "val")}
+        sources.append(Source(entry.label, entry.weight, [arrays["train"]], [arrays["val"]], manifest, directory))
     return tok, sources
 
 
@@ -182,15 +187,16 @@ def prepare(cfg: DataConfig, verify: bool = True) -> PreparedData:
     cfg.validate()
     cache = Path(cfg.cache_dir).expanduser()
     entries = cfg.source_list()
-    is_text = [e.corpus is not None or not is_token_path(str(e.path)) for e in entries]
-    tok, text = _text_sources(cfg, [e for e, t in zip(entries, is_text) if t], cache, verify) if any(is_text) else (None, [])
-    tokens = [_token_source(e, cfg, cache) for e, t in zip(entries, is_text) if not t]
-    if tok is None:
-        tok = decoder_for(tokens[0][1], cache)
-    texts, toks = iter(text), iter(s for s, _ in tokens)
-    sources = [next(texts) if t else next(toks) for t in is_text]
+    text = [i for i, e in enumerate(entries) if e.corpus is not None or not is_token_path(str(e.path))]
+    tok, prepared = _text_sources(cfg, [entries[i] for i in text], cache, verify) if text else (None, [])
+    by_index: dict[int, Source] = dict(zip(text, prepared))
+    datasets = []
+    for i in sorted(set(range(len(entries))) - set(text)):
+        by_index[i], dataset = _token_source(entries[i], cfg, cache)
+        datasets.append(dataset)
+    sources = [by_index[i] for i in range(len(entries))]
     vocab, eos = _shared_vocabulary(sources)
-    return PreparedData(cfg, tok, sources, vocab, eos)
+    return PreparedData(cfg, tok if tok is not None else decoder_for(datasets[0], cache), sources, vocab, eos)
 
 
 def _shared_vocabulary(sources: list[Source]) -> tuple[int, int]:
