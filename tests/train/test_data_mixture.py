@@ -16,7 +16,7 @@ from tests.conftest import tiny_overrides
 from tests.runs import argv, records
 from train.config import dump_toml, load_config
 from train.data import DataConfig, Interleave, SourceConfig, load_doc_index, permute, prepare
-from train.tokenizer import load_tokenizer
+from train.tokenizer import load_tokenizer, train_bpe
 
 SEQ = 8
 
@@ -188,6 +188,21 @@ def test_sources_must_share_a_vocabulary(tmp_path):
     sources = (SourceConfig(path=str(tmp_path / "a.bin")), SourceConfig(path=str(tmp_path / "b.bin")))
     with pytest.raises(DataError, match="'a' and 'b' have different vocab_size"):
         prepare(DataConfig(sources=sources, seq_len=SEQ, cache_dir=str(tmp_path / "c")))
+
+
+def test_sources_must_come_from_one_tokenizer(tmp_path):
+    """Same vocabulary size, different BPEs (trained on different text): the mixture is refused."""
+    for name, text in (("a", "alpha beta gamma delta " * 50), ("b", "one two three four five " * 50)):
+        tok = train_bpe([text] * 10, 512, "bpe-512")
+        tok.save(tmp_path / f"tok_{name}")
+        shard(tmp_path / f"{name}.bin", 1, 100, 20, 0)
+        side = {"dtype": "uint16", "vocab_size": 100, "eos_id": 0, "tokenizer": f"tok_{name}"}
+        (tmp_path / f"{name}.json").write_text(json.dumps(side))
+    both = (SourceConfig(path=str(tmp_path / "a.bin")), SourceConfig(path=str(tmp_path / "b.bin")))
+    with pytest.raises(DataError, match="'a' and 'b' come from different tokenizers"):
+        prepare(DataConfig(sources=both, seq_len=SEQ, cache_dir=str(tmp_path / "c")))
+    (tmp_path / "b.json").write_text((tmp_path / "a.json").read_text())  # now both say tok_a
+    assert len(prepare(DataConfig(sources=both, seq_len=SEQ, cache_dir=str(tmp_path / "c"))).sources) == 2
 
 
 def test_text_sources_share_one_tokenizer_trained_on_both(text_corpus, tmp_path):

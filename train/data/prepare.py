@@ -188,15 +188,30 @@ def prepare(cfg: DataConfig, verify: bool = True) -> PreparedData:
     cache = Path(cfg.cache_dir).expanduser()
     entries = cfg.source_list()
     text = [i for i, e in enumerate(entries) if e.corpus is not None or not is_token_path(str(e.path))]
+    tokens = [i for i in range(len(entries)) if i not in text]
     tok, prepared = _text_sources(cfg, [entries[i] for i in text], cache, verify) if text else (None, [])
     by_index: dict[int, Source] = dict(zip(text, prepared))
-    datasets = []
-    for i in sorted(set(range(len(entries))) - set(text)):
+    decoders: dict[int, Tokenizer | None] = dict.fromkeys(text, tok)
+    for i in tokens:
         by_index[i], dataset = _token_source(entries[i], cfg, cache)
-        datasets.append(dataset)
+        decoders[i] = decoder_for(dataset, cache)
     sources = [by_index[i] for i in range(len(entries))]
     vocab, eos = _shared_vocabulary(sources)
-    return PreparedData(cfg, tok if tok is not None else decoder_for(datasets[0], cache), sources, vocab, eos)
+    _same_tokenizer([s.name for s in sources], [decoders[i] for i in range(len(entries))])
+    return PreparedData(cfg, tok if text else decoders[tokens[0]], sources, vocab, eos)
+
+
+PROBE = "Tokenizers agree: In 1850, naïve café — 日本語 <|endoftext|>\n\n  x"
+
+
+def _same_tokenizer(names: list[str], tokenizers: list[Tokenizer | None]) -> None:
+    """Sources with the same vocabulary size can still come from different tokenizers (two BPEs trained on different
+    text): wherever a source's tokenizer is known, it must encode a probe text exactly like the others."""
+    known = [(n, t) for n, t in zip(names, tokenizers) if t is not None]
+    for name, other in known[1:]:
+        if other.encode(PROBE) != known[0][1].encode(PROBE):
+            raise DataError(f"data.sources {known[0][0]!r} and {name!r} come from different tokenizers ({known[0][1].name} "
+                            f"vs {other.name}: they encode the same text differently); a mixture needs one tokenizer")
 
 
 def _shared_vocabulary(sources: list[Source]) -> tuple[int, int]:
