@@ -225,16 +225,23 @@ def from_hf(hf_model, parameterization: str = "hyperp") -> Qwen3:
     return model.to(next(hf_model.parameters()).dtype)
 
 
-def export_dir(model: Qwen3, out_dir: str | Path) -> Path:
+def export_dir(model: Qwen3, out_dir: str | Path, eos_id: int | None = None) -> Path:
     """Write ``model`` as a directory ``AutoModelForCausalLM.from_pretrained`` loads offline.
 
     Dense and standard-gate MoE models become plain ``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM`` checkpoints;
     SqrtGate / shared-expert models get ``models/remote``'s modeling files copied next to ``config.json``, whose
-    ``auto_map`` points at them (load with ``trust_remote_code=True``).
+    ``auto_map`` points at them (load with ``trust_remote_code=True``). ``eos_id`` (the tokenizer's end-of-text id)
+    goes into ``config.json`` and ``generation_config.json`` as eos and pad (Qwen pads with ``<|endoftext|>``), so
+    ``generate`` stops there and batches pad.
     """
     out = Path(out_dir)
     remote = needs_remote_code(model.config)
-    to_hf(model, remote=remote).save_pretrained(out)
+    hf = to_hf(model, remote=remote)
+    if eos_id is not None:
+        for cfg in (hf.config, hf.generation_config):
+            cfg.eos_token_id = cfg.pad_token_id = eos_id
+            cfg.bos_token_id = None  # Qwen adds no BOS; our data has none
+    hf.save_pretrained(out)
     if remote:
         for name in _REMOTE_FILES:
             shutil.copyfile(_REMOTE_DIR / name, out / name)

