@@ -20,6 +20,7 @@ anything is changed, and restores every state and every RNG (Python, NumPy, torc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -421,16 +422,33 @@ def _first_difference(saved: Any, current: Any, key: str) -> str | None:
     return None if saved == current else f"{key}: checkpoint {saved!r}, this run {current!r}"
 
 
-def load_model_from_run(run_dir: Path, map_location: str = "cpu"):  # -> tuple[Qwen3, Tokenizer | None]
-    """The model of a run's newest valid checkpoint (eval mode) and the tokenizer saved with the run."""
+def load_model_from_run(run_dir: Path, map_location: str = "cpu", step: int | None = None):  # -> (Qwen3, Tokenizer | None)
+    """The model of a run's checkpoint ``step`` (default: the newest valid one), single-file or sharded, in eval
+    mode, and the tokenizer saved with the run."""
     from models.qwen3 import build_model
     from train.config import RunConfig, build
     from train.tokenizer import load_tokenizer
 
-    path, state = load_latest(Path(run_dir), map_location)
+    read = functools.partial(_model_state, map_location=map_location)
+    state = _newest_valid(Path(run_dir), read)[1] if step is None else read(step_dir(Path(run_dir), step))
     cfg = build(RunConfig, state["config"])
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
     tok_dir = Path(run_dir) / "tokenizer"
     tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.is_dir() else None
     return model.eval(), tokenizer
+
+
+def _model_state(path: Path, map_location: str) -> dict[str, Any]:
+    """``{"config", "model"}`` of checkpoint ``path``; a sharded one is gathered into full tensors in this process."""
+    if is_sharded_checkpoint(path):
+        return {"config": read_sharded(path)["config"], "model": model_weights(path)}
+    return load(path, map_location)
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    path = checkpoint_dir(run_dir) / f"{_PREFIX}{step:06d}"
+    if not path.is_dir():
+        have = ", ".join(str(_step_of(p)) for p in list_checkpoints(run_dir)) or "none"
+        raise CheckpointError(f"no checkpoint of step {step} in {checkpoint_dir(run_dir)} (steps there: {have})")
+    return path

@@ -8,7 +8,6 @@ reads: nothing is downloaded (the cache checks run with HYPERP_OFFLINE=1) and no
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperp.errors import HyperpError
+from train.cli import Parser, run_main
 from train.downloads import OFFLINE_ENV
 
 Row = tuple[str, str]
@@ -130,19 +130,22 @@ def report(cache_dirs: list[Path]) -> list[Row]:
         return rows + cache_rows(cache_dirs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.doctor", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    parser = Parser("python -m train.doctor", "One screen: torch, CUDA and the GPU, which model.moe.backend values "
+                    "work here (and why not), wandb, and the token caches usable offline.")
     parser.add_argument("--cache-dir", action="append", default=None, metavar="DIR",
                         help="token cache directory to list (repeatable; default: data)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_main(lambda: _doctor(build_parser().parse_args(argv)))
+
+
+def _doctor(args) -> None:
     rows = report([Path(d) for d in (args.cache_dir or ["data"])])
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {text}" for name, text in rows))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ each target config trains with. Training derives its lrs through the same :func:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from hyperp.errors import HyperpError
 from hyperp.transfer import Derived, Scale, derive
+from train.cli import Parser, run_main
 from train.config import RunConfig, load_config
 
 
@@ -63,17 +62,22 @@ def describe_init(cfg: RunConfig) -> str:
     return f"{init}; warmup {t.warmup_steps}; {t.decay} decay to {t.min_lr_mult:g}·peak"
 
 
+def build_parser() -> Parser:
+    parser = Parser("python -m train.transfer", "HyperP: the lrs and factors a tuned base config transfers to each "
+                    "target config, and the init and schedule each target trains with.")
+    parser.add_argument("--base", required=True, metavar="TOML", help="config of the tuned base model (its optim.lr is η₀)")
+    parser.add_argument("--target", required=True, action="append", metavar="TOML",
+                        help="config to transfer to (repeatable)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.transfer", description="HyperP: derive a target's lr.")
-    parser.add_argument("--base", required=True, help="config of the tuned base model (its optim.lr is η₀)")
-    parser.add_argument("--target", required=True, action="append", help="config(s) to transfer to (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        base_cfg = load_config(args.base)
-        targets = [(path, load_config(path)) for path in args.target]
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _print_transfer(build_parser().parse_args(argv)))
+
+
+def _print_transfer(args) -> None:
+    base_cfg = load_config(args.base)
+    targets = [(path, load_config(path)) for path in args.target]
     base = run_scale(base_cfg)
     rows = [(scale, derive(base, scale, base_cfg.optim.lr, base_cfg.optim.adam_lr))
             for scale in [base, *(run_scale(cfg) for _, cfg in targets)]]
@@ -81,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     for path, cfg in targets:
         print(f"{path}: {describe_init(cfg)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -279,12 +279,38 @@ def test_convert_to_single_file(runs: dict[str, Path], tmp_path: Path) -> None:
     from train import checkpoint
     from train.convert import main
 
-    assert main([str(runs["fsdp-adamh-dense"]), "--out", str(tmp_path / "single")]) == 0
+    assert main(["--run", str(runs["fsdp-adamh-dense"]), "--out", str(tmp_path / "single")]) == 0
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "single")[-1])
     assert state["trainer"]["step"] == STEPS and (tmp_path / "single" / "tokenizer").is_dir()
     _assert_close_weights(state["model"], _final_weights(runs["ref-adamh-dense"]))
     model, _ = checkpoint.load_model_from_run(tmp_path / "single")
     assert model.config.n_layers == 2
+
+
+def test_generate_and_export_read_a_sharded_run(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """No conversion needed: the sharded checkpoint is gathered in this process (weights equal the DCP shards')."""
+    from transformers import AutoModelForCausalLM
+
+    from train import checkpoint
+    from train.export import main as export
+    from train.generate import main as generate
+
+    run = runs["fsdp-adamh-dense"]
+    model, tokenizer = checkpoint.load_model_from_run(run, step=STEPS)  # an fp32 model of the fp64 run
+    for name, ref in _final_weights(runs["ref-adamh-dense"]).items():  # the one-process run, to fp32 rounding (2⁻²⁴)
+        torch.testing.assert_close(model.state_dict()[name].double(), ref, rtol=2**-23, atol=W_ATOL)
+    assert export(["--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'hf'}\n"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    ids = torch.tensor([tokenizer.encode("the model routes every token")])
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids).logits).abs().max().item() <= 1e-4
+    prompt = tokenizer.encode("the")
+    greedy = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=3)[0, len(prompt):].tolist()
+    greedy = greedy[:greedy.index(tokenizer.eos_id)] if tokenizer.eos_id in greedy else greedy  # we print up to eos
+    assert generate(["--run", str(run), "--checkpoint", str(STEPS), "--prompt", "the", "--max-new-tokens", "3",
+                     "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "the" + tokenizer.decode(greedy) + "\n"  # transformers' greedy ids
 
 
 def test_selection_bias_under_ddp_equals_one_process(runs: dict[str, Path]) -> None:

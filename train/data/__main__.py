@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from hyperp.errors import HyperpError
+from train.cli import Parser, run_main
 from train.data.config import DECODE_ERRORS, DataConfig, SourceConfig
 from train.data.corpus import CORPORA
 from train.data.formats import verify_checksums
@@ -21,23 +20,23 @@ from train.data.stats import unigram_entropy
 ENTROPY_MAX_TOKENS = 1 << 27  # the summary's unigram entropy reads every token: skipped above this
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0],
-                                epilog="Subcommand: python -m train.data tokenize --help")
-    p.add_argument("--corpus", default="default", help="default | wiki | shakespeare | pydoc")
+def build_parser() -> Parser:
+    p = Parser("python -m train.data", "Prepare the data of a config (tokenize text into the cache, or open token "
+               "files in place) and print per-source statistics.", epilog="Subcommand: python -m train.data tokenize --help")
+    p.add_argument("--corpus", default="default", help="built-in corpus: " + " | ".join(CORPORA))
     p.add_argument("--path", default=None, help="own text file/dir, or token files: .bin/.npy shards (dir or glob), "
                    "a nanoGPT train.bin/val.bin dir, a Megatron .bin/.idx prefix")
     p.add_argument("--source", action="append", default=[], metavar="PATH_OR_CORPUS[:WEIGHT]",
                    help="a mixture source (repeatable): a path or corpus name with an optional weight")
     p.add_argument("--tokenizer", default="bpe-8k", help="bpe-8k | bpe-16k | bpe-<N> | qwen | gpt2 | path")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--cache-dir", default="data")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training window")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens held out for validation")
+    p.add_argument("--cache-dir", default="data", metavar="DIR", help="where archives, tokenizers and tokens are cached")
     p.add_argument("--doc-separator", default=None, help="'blank' or a literal string splitting text files")
     p.add_argument("--decode-errors", default="strict", choices=DECODE_ERRORS, help="invalid UTF-8: error or U+FFFD")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of a reused text cache")
     p.add_argument("--verify-shards", action="store_true", help="check token files against the sha256 in their sidecars")
-    return p.parse_args(argv)
+    return p
 
 
 def _source(text: str) -> SourceConfig:
@@ -83,22 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         from train.data.shards import main as tokenize_main
 
         return tokenize_main(argv[1:])
-    args = parse_args(argv)
+    return run_main(lambda: _prepare(build_parser().parse_args(argv)))
+
+
+def _prepare(args) -> None:
     start = time.perf_counter()
-    try:
-        cfg = DataConfig(corpus=args.corpus, path=args.path, tokenizer=args.tokenizer, seq_len=args.seq_len,
-                         val_fraction=args.val_fraction, cache_dir=args.cache_dir, doc_separator=args.doc_separator,
-                         decode_errors=args.decode_errors, sources=tuple(_source(s) for s in args.source))
-        data = prepare(cfg, verify=not args.no_verify)
-        if args.verify_shards:
-            for s in cfg.source_list():
-                if s.path is not None:
-                    verify_checksums(s.path, cfg.tokenizer, cfg.cache_dir)
-    except HyperpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = DataConfig(corpus=args.corpus, path=args.path, tokenizer=args.tokenizer, seq_len=args.seq_len,
+                     val_fraction=args.val_fraction, cache_dir=args.cache_dir, doc_separator=args.doc_separator,
+                     decode_errors=args.decode_errors, sources=tuple(_source(s) for s in args.source))
+    data = prepare(cfg, verify=not args.no_verify)
+    if args.verify_shards:
+        for s in cfg.source_list():
+            if s.path is not None:
+                verify_checksums(s.path, cfg.tokenizer, cfg.cache_dir)
     print(summary(data, time.perf_counter() - start))
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperp.errors import HyperpError
+from train.cli import Parser
 from train.errors import DataError
 from train.data.cache import ENCODE_CHUNK, dtype_for, write_json_atomic
 from train.data.config import DECODE_ERRORS
@@ -35,18 +37,24 @@ PLAN_FILE = "tokenize.json"
 _TOKENIZERS: dict[tuple[str, str], Tokenizer] = {}  # per worker process
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.data tokenize", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    p = Parser("python -m train.data tokenize", "Tokenize a large text directory into uint16/uint32 shards in "
+               "parallel, kill-safe (re-run to resume).")
     p.add_argument("input", help="a text file or a directory of *.txt/*.md/*.rst files (recursive)")
     p.add_argument("--out", required=True, help="output directory of shards (created; re-run to resume)")
     p.add_argument("--tokenizer", default="bpe-8k",
                    help="bpe-<N> (trained on a sample), qwen, gpt2 or a tokenizer.json path")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: all cores)")
-    p.add_argument("--shard-mb", type=float, default=256.0, help="text per shard in MB (default 256)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (all cores)")
+    p.add_argument("--shard-mb", type=float, default=256.0, help="text per shard in MB")
     p.add_argument("--doc-separator", default=None, help="'blank' or a literal string splitting files into documents")
     p.add_argument("--decode-errors", default="strict", choices=DECODE_ERRORS, help="invalid UTF-8: stop (strict) or U+FFFD")
     p.add_argument("--bpe-sample-mb", type=float, default=64.0, help="text the BPE is trained on (bpe-<N> only)")
     p.add_argument("--cache-dir", default="data", help="where qwen/gpt2 archives are downloaded")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.workers < 1 or args.shard_mb <= 0 or args.bpe_sample_mb <= 0:
         p.error("--workers, --shard-mb and --bpe-sample-mb must be positive")
@@ -221,10 +229,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         totals = run(args)
-    except DataError as exc:
+    except HyperpError as exc:
         print(f"\nerror: {exc}" if sys.stderr.isatty() else f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.out}: {totals['shards']} shards, {totals['n_docs']:,} documents, {totals['n_tokens']:,} tokens from "
