@@ -6,9 +6,11 @@ product of the axes, each point as its own ``python -m train`` process in ``OUT/
 run never costs another), sequentially on a CPU, or one run per GPU when several are visible (``--jobs``).
 
 Resumable: a point whose ``result.json`` exists is skipped; a point with checkpoints but no result is resumed.
-After every point, ``OUT/results.csv`` and ``OUT/results.md`` are rewritten from the recorded runs: final val loss,
-expert balance (MaxVio, max/mean, CV, dead experts, averaged over the last quarter of the run), the maxima of the
-monitors and the median tokens/s.
+After every point, ``OUT/results.csv``, ``OUT/results.md`` and ``OUT/results.png`` are rewritten from the recorded
+runs: final val loss, expert balance (MaxVio, max/mean, CV, dead experts, averaged over the last quarter of the run),
+the maxima of the monitors and the median tokens/s; the plot shows final val loss against the first axis, one line
+per combination of the others. W&B runs of one sweep share a group (``log.wandb_group``: the sweep folder's name
+unless set with ``--set``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperp.errors import ConfigError, HyperpError
+from hyperp.errors import ConfigError
+from train.cli import Parser, run_main
 
 RESULT_FILE = "result.json"
 BALANCE_KEYS = ("moe/maxvio", "moe/max_mean", "moe/cv", "moe/dead")
@@ -158,6 +161,15 @@ def collect(out: Path, points: Sequence[Point]) -> list[dict[str, Any]]:
     return rows
 
 
+def write_results(out: Path, rows: list[dict[str, Any]], points: Sequence[Point]) -> None:
+    """``results.csv`` / ``results.md`` and, once a point has finished, ``results.png``."""
+    write_tables(out, rows)
+    if rows:
+        from train.plot import plot_sweep
+
+        plot_sweep(rows, [key for key, _ in points[0].overrides], out / "results.png")
+
+
 def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     from train.checkpoint import write_atomic
 
@@ -233,11 +245,11 @@ def run_sweep(config: str, points: Sequence[Point], out: Path, extra: Sequence[s
             print(f"  {point.name}: {status}", flush=True)
             if code != 0:
                 failed.append(point.name)
-            write_tables(out, collect(out, points))
+            write_results(out, collect(out, points), points)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(lambda item: work(*item), enumerate(todo)))
-    write_tables(out, collect(out, points))
+    write_results(out, collect(out, points), points)
     return failed
 
 
@@ -246,46 +258,46 @@ class _AxisAction(argparse.Action):
         getattr(namespace, "axes").append((self.dest, values))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train.sweep", description="Run a grid of training runs.")
-    parser.add_argument("--config", required=True, help="base TOML preset")
+def build_parser() -> Parser:
+    parser = Parser("python -m train.sweep", "Run a grid of training runs, one process per point (resumable), and "
+                    "tabulate and plot their results.")
+    parser.add_argument("--config", required=True, metavar="TOML", help="base TOML preset")
     parser.add_argument("--grid", dest="grid", action=_AxisAction, metavar="KEY=V1,V2", help="an axis (repeatable)")
     parser.add_argument("--zip", dest="zip", action=_AxisAction, metavar="KEY=W1,W2",
                         help="keys varied together with the previous --grid axis")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every point")
-    parser.add_argument("--steps", type=int, default=None, help="train.max_steps for every point")
-    parser.add_argument("--out", default=None, help="sweep directory (default sweeps/<config stem>)")
-    parser.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: one per GPU, else 1)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="train.max_steps for every point")
+    parser.add_argument("--out", default=None, metavar="DIR", help="sweep directory (default sweeps/<config stem>)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="concurrent runs (default: one per GPU, else 1)")
     parser.set_defaults(axes=[])
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        import torch
+    return run_main(lambda: _sweep(build_parser().parse_args(argv)))
 
-        from train.config import load_config
 
-        if not args.axes:
-            raise ConfigError("give at least one --grid key=v1,v2,…")
-        points = expand(build_axes(args.axes))
-        extra = list(args.overrides) + ([f"train.max_steps={args.steps}"] if args.steps is not None else [])
-        for point in points:  # validate every point's config before the first run starts
-            load_config(args.config, [*extra, *point.set_args()])
-        jobs = args.jobs or max(1, torch.cuda.device_count())
-        if jobs < 1:
-            raise ConfigError(f"--jobs={jobs} must be >= 1")
-        out = Path(args.out) if args.out else Path("sweeps") / Path(args.config).stem
-        failed = run_sweep(args.config, points, out, extra, jobs)
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"results: {out / 'results.md'}")
+def _sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from train.config import load_config
+
+    if not args.axes:
+        raise ConfigError("give at least one --grid key=v1,v2,…")
+    points = expand(build_axes(args.axes))
+    out = Path(args.out) if args.out else Path("sweeps") / Path(args.config).stem
+    extra = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
+    if not any(s.split("=", 1)[0].strip() == "log.wandb_group" for s in extra):
+        extra.append(f"log.wandb_group={json.dumps(out.resolve().name)}")  # W&B: one group per sweep
+    for point in points:  # validate every point's config before the first run starts
+        load_config(args.config, [*extra, *point.set_args()])
+    jobs = args.jobs or max(1, torch.cuda.device_count())
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be >= 1")
+    failed = run_sweep(args.config, points, out, extra, jobs)
+    print(f"results: {out / 'results.md'}, {out / 'results.png'}")
     if failed:
         print(f"error: {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -68,3 +68,51 @@ def test_reader_and_panels(tmp_path: Path) -> None:
 def test_missing_run_is_an_error(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "nope")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def _figures(monkeypatch) -> dict[str, object]:
+    """The figures plot writes, by file name (inspected instead of the PNG pixels)."""
+    import matplotlib.figure
+
+    saved: dict[str, object] = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    return saved
+
+
+def _axis(fig, title: str):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def test_sweep_directory_plots_every_point_with_units_and_alarm_thresholds(tmp_path: Path, monkeypatch) -> None:
+    for name, scale in (("aux=0", 1.0), ("aux=0.1", 2.0), ("aux=1", 3.0)):
+        _write_run(tmp_path / "sweep" / name, scale)
+    (tmp_path / "sweep" / "aux=1" / "config.toml").write_text("[monitor]\nalarm_start = 4\nrms_growth = 3.0\n")
+    figures = _figures(monkeypatch)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "plots")]) == 0
+    loss = _axis(figures["loss.png"], "train/loss")
+    assert sorted(line.get_label() for line in loss.get_lines() if not line.get_label().startswith("_")) == [
+        "aux=0", "aux=0.1", "aux=1"]  # every point of the sweep
+    assert loss.get_ylabel() == "cross-entropy (nats/token)"
+    outliers = _axis(figures["outliers.png"], "outlier_frac/resid")
+    assert outliers.get_ylabel() == "fraction of |x| > 6·RMS"
+    limits = [line for line in outliers.get_lines() if line.get_color() == "red"]
+    assert limits and all(list(line.get_ydata()) == [0.01, 0.01] for line in limits)  # monitor.outlier_frac's default
+    residual = _axis(figures["rms.png"], "rms/residual")
+    growth = [c for c in residual.collections if c.get_linestyle()[0][1]]  # dashed: growth limits of run aux=1 only
+    first = 0.1 * 3.0 + 0.004  # layer_00 of aux=1 at step 4 (= its alarm_start)
+    assert len(growth) == 3 and min(seg[0][1] for c in growth for seg in c.get_segments()) == 3.0 * first
+    text = (tmp_path / "plots" / "summary.md").read_text()
+    assert "| `train/loss` | 0.7143 (min 0.7143, step 7) |" in text  # final / min, not the max (5.0 at step 1)
+
+
+def test_missing_sweep_point_metrics_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "run or sweep directory" in err and err.count("\n") == 1

@@ -85,6 +85,7 @@ def test_resume_skips_finished_points_and_tables(tmp_path: Path, monkeypatch: py
     assert [float(r["final_val_loss"]) for r in rows] == [2.0, 2.01, 2.1]
     assert [float(r["model.moe.aux_weight"]) for r in rows] == [0, 0.01, 0.1]
     assert "| run |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     ran.clear()
     assert sweep.run_sweep("configs/tiny-moe.toml", points, out, [], jobs=1) == []
     assert ran == []
@@ -95,3 +96,27 @@ def test_cli_rejects_bad_points_before_running(tmp_path: Path, capsys: pytest.Ca
     assert code == 2
     assert "model.moe.top_k" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_results_plot_has_one_line_per_other_axis_and_every_point(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    figures: list = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    points = expand(build_axes([("grid", "model.moe.aux_weight=0.001,0.01,0.1"), ("grid", "optim.name=muonh,adamw")]))
+    rows = [{"run": p.name, **dict(p.overrides), "final_val_loss": 3.0 + i} for i, p in enumerate(points)]
+    sweep.write_results(tmp_path, rows, points)
+    (ax,) = figures[0].axes
+    lines = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    assert lines == {"name=adamw": [(0.001, 4.0), (0.01, 6.0), (0.1, 8.0)],
+                     "name=muonh": [(0.001, 3.0), (0.01, 5.0), (0.1, 7.0)]}
+    assert ax.get_xlabel() == "model.moe.aux_weight" and ax.get_xscale() == "log"
+
+
+def test_cli_groups_the_points_in_wandb_and_spells_max_steps_like_train(tmp_path: Path, monkeypatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda config, points, out, extra, jobs: calls.append(extra) or [])
+    out, grid = tmp_path / "aux-sweep", ["--grid", "model.moe.aux_weight=0,0.1"]
+    assert sweep.main(["--config", "configs/tiny-moe.toml", *grid, "--max-steps", "7", "--out", str(out)]) == 0
+    assert sweep.main(["--config", "configs/tiny-moe.toml", *grid, "--set", "log.wandb_group=mine", "--out", str(out)]) == 0
+    assert calls == [["train.max_steps=7", 'log.wandb_group="aux-sweep"'], ["log.wandb_group=mine"]]

@@ -69,6 +69,15 @@ _RULES = (
 SPIKE_METRICS = {"train/loss": "loss_spike", "train/grad_norm": "grad_norm_spike"}
 
 
+def threshold_rule(cfg: MonitorConfig, metric: str) -> tuple[str, float] | None:
+    """``("above", limit)`` or ``("growth", factor)`` of the threshold alarm watching ``metric`` (from
+    ``cfg.alarm_start`` on); None when no rule watches it or its threshold is 0 (disabled). Plots draw these."""
+    for _, pattern, kind, field in _RULES:
+        if fnmatch.fnmatchcase(metric, pattern) and getattr(cfg, field) > 0:
+            return kind, getattr(cfg, field)
+    return None
+
+
 class Alarms:
     def __init__(self, cfg: MonitorConfig) -> None:
         self.cfg = cfg
