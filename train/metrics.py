@@ -9,20 +9,28 @@ other ranks get a logger that writes nothing. Metrics are a flat ``{name: float}
 
 from __future__ import annotations
 
+import configparser
 import importlib.util
 import json
 import math
+import netrc
 import os
+import secrets
+import string
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from hyperp.errors import ConfigError
 from train.checkpoint import write_atomic
-from train.config import RunConfig
+from train.config import LogConfig, RunConfig
 from train.distributed import DistEnv
+
+WANDB_ID_FILE = "wandb_id"
+_HINT = "pip install -e .[wandb], or set log.wandb='disabled'"
 
 
 def _jsonable(value: Any) -> Any:
@@ -32,14 +40,16 @@ def _jsonable(value: Any) -> Any:
 
 
 class _Wandb:
-    """Weights & Biases, offline unless the user asks for online mode; never requires an account."""
+    """Weights & Biases, offline unless the user asks for online mode; never requires an account for offline."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        self._run = wandb.init(project=cfg.log.wandb_project, name=cfg.name, dir=str(run_dir), mode=cfg.log.wandb,
-                               config=cfg.to_dict(), resume="allow", id=f"{cfg.name}-{run_dir.resolve().name}")
+        log = cfg.log
+        self._run = wandb.init(project=log.wandb_project, entity=log.wandb_entity, group=log.wandb_group,
+                               tags=list(log.wandb_tags) or None, name=log.wandb_name or cfg.name, dir=str(run_dir),
+                               mode=log.wandb, config=cfg.to_dict(), resume="allow", id=wandb_run_id(run_dir))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._run.log(metrics, step=step)
@@ -48,17 +58,56 @@ class _Wandb:
         self._run.finish()
 
 
-def _wandb_wanted(mode: str) -> bool:
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id: random on the first start (unique across sweeps and machines, unlike one built from names),
+    kept in ``RUN_DIR/wandb_id`` so that a resumed run continues the same W&B run."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
+    write_atomic(path, run_id.encode())
+    return run_id
+
+
+def _has_wandb_credentials() -> bool:
+    """W&B's documented credential sources: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, a .netrc entry for the
+    server (what ``wandb login`` writes), or api_key in the wandb settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    home = Path.home()
+    for path in [Path(os.environ["NETRC"])] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]:
+        try:
+            if netrc.netrc(path).authenticators(host):
+                return True
+        except (OSError, netrc.NetrcParseError):
+            continue
+    settings = configparser.ConfigParser()
+    settings.read(Path(os.environ.get("WANDB_CONFIG_DIR", home / ".config" / "wandb")) / "settings")
+    return bool(settings.get("default", "api_key", fallback=""))
+
+
+def check_wandb(log: LogConfig) -> None:
+    """Online mode without the package or without credentials is a ConfigError, raised before a run folder exists."""
+    if log.wandb != "online":
+        return
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"log.wandb='online' needs the wandb package, which is not installed ({_HINT})")
+    if not _has_wandb_credentials():
+        raise ConfigError("log.wandb='online' needs a W&B API key: set WANDB_API_KEY or run `wandb login` "
+                          "(or log offline with log.wandb='offline' and `wandb sync` the run folder later)")
+
+
+def _wandb_wanted(log: LogConfig) -> bool:
     """wandb is an optional extra (``pip install -e .[wandb]``; GPU machines often lack it): without it, offline mode
-    is skipped with one warning (metrics.jsonl has every metric) and online mode is a ConfigError before training."""
-    if mode == "disabled":
+    is skipped with one warning (metrics.jsonl has every metric); online mode must pass :func:`check_wandb`."""
+    if log.wandb == "disabled":
         return False
+    check_wandb(log)
     if importlib.util.find_spec("wandb") is not None:
         return True
-    hint = "pip install -e .[wandb], or set log.wandb='disabled'"
-    if mode == "online":
-        raise ConfigError(f"log.wandb='online' needs the wandb package, which is not installed ({hint})")
-    warnings.warn(f"wandb is not installed: log.wandb='{mode}' skipped, metrics go to metrics.jsonl ({hint})", stacklevel=3)
+    warnings.warn(f"wandb is not installed: log.wandb='{log.wandb}' skipped, metrics go to metrics.jsonl ({_HINT})",
+                  stacklevel=3)
     return False
 
 
@@ -78,7 +127,7 @@ class MetricsLogger:
     def for_run(cls, cfg: RunConfig, run_dir: Path, env: DistEnv) -> MetricsLogger:
         if not env.is_main:
             return cls(None, cfg.train.log_every, cfg.train.max_steps)
-        wandb = (lambda: _Wandb(cfg, Path(run_dir))) if _wandb_wanted(cfg.log.wandb) else None
+        wandb = (lambda: _Wandb(cfg, Path(run_dir))) if _wandb_wanted(cfg.log) else None
         return cls(Path(run_dir) / "metrics.jsonl", cfg.train.log_every, cfg.train.max_steps, wandb)
 
     def open(self, resumed_step: int) -> None:
