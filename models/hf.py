@@ -217,12 +217,29 @@ def config_from_hf(hf_cfg, parameterization: str = "hyperp") -> ModelConfig:
     )
 
 
+def load_hf_state(model: Qwen3, hf_state: dict[str, Tensor]) -> None:
+    """Copy a transformers Qwen3 / Qwen3-MoE / HyperpMoe state dict into ``model`` (built from
+    :func:`config_from_hf` of its config); the residual multiplier is divided out of o_proj / down_proj."""
+    model.load_state_dict(_hf_to_ours_state(hf_state, model), strict=True)
+
+
 def from_hf(hf_model, parameterization: str = "hyperp") -> Qwen3:
     """Our model with the same logits as a transformers Qwen3 / Qwen3-MoE / shipped HyperpMoe model."""
-    cfg = config_from_hf(hf_model.config, parameterization)
-    model = Qwen3(cfg)
-    model.load_state_dict(_hf_to_ours_state(hf_model.state_dict(), model), strict=True)
+    model = Qwen3(config_from_hf(hf_model.config, parameterization))
+    load_hf_state(model, hf_model.state_dict())
     return model.to(next(hf_model.parameters()).dtype)
+
+
+def register_remote_classes() -> None:
+    """Make transformers' Auto classes load our exports' ``hyperp_moe`` type with this package's classes, so that
+    reading one of our SqrtGate exports never runs (or asks about) the code files inside the directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.remote.configuration_hyperp_moe import HyperpMoeConfig
+    from models.remote.modeling_hyperp_moe import HyperpMoeForCausalLM
+
+    AutoConfig.register(HyperpMoeConfig.model_type, HyperpMoeConfig, exist_ok=True)
+    AutoModelForCausalLM.register(HyperpMoeConfig, HyperpMoeForCausalLM, exist_ok=True)
 
 
 def export_dir(model: Qwen3, out_dir: str | Path, eos_id: int | None = None) -> Path:

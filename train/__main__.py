@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import warnings
 from pathlib import Path
 
 from hyperp.errors import ConfigError, HyperpError
+from train.cli import EXIT_USAGE, Parser
+from train.console import Console
 
-
-EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system
 EXIT_STOPPED = 3  # the run stopped early (non-finite steps, an alarm, SIGTERM) after saving a checkpoint
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one ``error: ...`` line (no usage block) via ConfigError."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{message.splitlines()[0]} (see python -m train --help)")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m train", description="Train a Qwen3 dense/MoE model.")
-    parser.add_argument("--config", required=True, help="TOML preset, e.g. configs/tiny-moe.toml")
+    parser = Parser("python -m train", "Train a Qwen3 dense or MoE model from a TOML config (presets in configs/).")
+    parser.add_argument("--config", required=True, metavar="TOML", help="TOML preset, e.g. configs/tiny-moe.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
-    parser.add_argument("--max-steps", type=int, default=None, help="shorthand for --set train.max_steps=N")
-    parser.add_argument("--out", default=None, help="run directory (default runs/<name>)")
+                        help="override a config value, e.g. --set optim.lr=0.01 (repeatable; strings need no quotes)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="shorthand for --set train.max_steps=N")
+    parser.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<name>)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="checkpoint and exit after N optimizer steps in this invocation (schedule unchanged), "
                              "e.g. to fit a cluster time slot; continue later with --resume")
@@ -37,13 +31,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(argv: list[str] | None = None) -> Path:
+def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
     from train import distributed
     from train.build import build_components
     from train.callbacks import build_callbacks
     from train.checkpoint import list_checkpoints, write_atomic
     from train.config import dump_toml, load_config
+    from train.init_from import resolve_init_from
     from train.loop import Trainer
+    from train.metrics import check_wandb
+    from train.run_summary import run_summary
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -51,7 +48,8 @@ def run(argv: list[str] | None = None) -> Path:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.stop_after is not None and args.stop_after < 1:
         raise ConfigError(f"--stop-after={args.stop_after} must be >= 1")
-    cfg = load_config(args.config, overrides)
+    cfg = resolve_init_from(load_config(args.config, overrides))  # train.init_from: the checkpoint's architecture
+    check_wandb(cfg.log)  # before any run folder is written
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a directory")
@@ -62,6 +60,10 @@ def run(argv: list[str] | None = None) -> Path:
     env = distributed.init(cfg)  # torchrun: process group, rank, world size; plain run: inactive, one rank
     parts = build_components(cfg, env)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if console is not None and env.is_main:
+        console.attach(run_dir)
+    elif console is not None:
+        console.discard()
     trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, env))
     if args.resume:  # before anything in the run dir is written: a mismatching checkpoint changes nothing
         path = trainer.resume()
@@ -71,6 +73,8 @@ def run(argv: list[str] | None = None) -> Path:
         write_atomic(run_dir / "config.toml", dump_toml(cfg).encode())
     if parts.data.tokenizer is not None and env.is_main:
         _save_tokenizer(parts.data.tokenizer, run_dir / "tokenizer")
+    if env.is_main:
+        print(run_summary(cfg, parts, run_dir, args.config), flush=True)
     previous = _stop_on_sigterm(trainer)
     try:
         state = trainer.fit(None if args.stop_after is None else trainer.state.step + args.stop_after)
@@ -124,12 +128,19 @@ def _show_one_line(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every user-facing failure is one ``error: ...`` line on stderr and a nonzero exit code."""
+    """Run the CLI; every user-facing failure is one ``error: ...`` line on stderr and a nonzero exit code. The
+    console output, error line included, is also saved as ``RUN_DIR/console.log`` once the run folder exists."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with Console("python -m train " + shlex.join(argv)) as console:
+        return _main(argv, console)
+
+
+def _main(argv: list[str], console: Console) -> int:
     try:
         with warnings.catch_warnings():  # warnings (e.g. a skipped corrupt checkpoint) as one line each
             warnings.simplefilter("default")
             warnings.showwarning = _show_one_line
-            run(argv)
+            run(argv, console)
     except HyperpError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

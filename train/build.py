@@ -14,9 +14,11 @@ from hyperp import CompositeOptimizer, build_optimizer
 from hyperp.errors import ConfigError
 from models.qwen3 import Qwen3, build_model
 from moe.balance import BalancePolicy
+from train.compile import CompiledForward
 from train.config import RunConfig
 from train.data import BatchSampler, Prefetcher, PreparedData, prepare
 from train.distributed import DistEnv, checkpoint_activations, device_for, wrap
+from train.init_from import load_init_weights
 from train.transfer import derive_run
 
 
@@ -29,7 +31,7 @@ class Components:
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     dist: DistEnv = DistEnv()  # rank / world size under torchrun (train.distributed)
-    train_model: torch.nn.Module | None = None  # what training calls: the DDP wrapper; None → model
+    train_model: torch.nn.Module | None = None  # what training calls (DDP wrapper, compiled forward); None → model
     balance: BalancePolicy | None = None  # how an MoE model is balanced (moe.balance); None for a dense model
 
 
@@ -73,9 +75,15 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
     # Same seed on every rank: identical initial weights (initialized in fp32, then cast for float64 runs).
     model = build_model(cfg.model).to(device=device, dtype=param_dtype(cfg))
+    if cfg.train.init_from:  # before FSDP shards the model and before MuonH/AdamH read its radii (train.init_from)
+        load_init_weights(model, cfg.train.init_from)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
-    train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
+    if cfg.train.compile and env.active and cfg.train.parallel == "fsdp":
+        raise ConfigError("train.compile = true works with train.parallel = 'ddp' and in one process; with 'fsdp' "
+                          "each block would have to be compiled before sharding, which is not implemented")
+    forward = CompiledForward(model) if cfg.train.compile else model  # train.compile: see train/compile.py
+    train_model = wrap(forward, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
     optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, env.world_size).transfer_factor)
     balance = None if cfg.model.moe is None else BalancePolicy(cfg.model.moe, model)
     if balance is not None:

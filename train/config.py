@@ -50,6 +50,11 @@ class TrainConfig:
     # per rank: the global batch is batch_size × grad_accum × world_size.
     parallel: Literal["ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # torch.compile the model's forward (the optimizer runs eagerly, as it is); monitor steps run eagerly (hooks).
+    compile: bool = False
+    # A transformers Qwen3 / Qwen3-MoE save_pretrained directory to start from (train.init_from): its architecture
+    # replaces [model]'s shape keys, its weights the init (see train/init_from.py).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
@@ -82,6 +87,10 @@ class TransferConfig:
 class LogConfig:
     wandb: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "hyperp-moe"
+    wandb_entity: str | None = None  # team or user (default: the API key's default entity)
+    wandb_group: str | None = None  # e.g. one sweep (train.sweep sets the sweep's name unless given)
+    wandb_tags: tuple[str, ...] = ()
+    wandb_name: str | None = None  # display name (default: the run's name)
     progress: bool = True
 
 
