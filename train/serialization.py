@@ -76,7 +76,8 @@ def plain(obj: Any, where: str = "state", convert: bool = False) -> Any:
         return obj if all(a is b for a, b in zip(items, obj)) else kind(items)
     if not convert:
         raise CheckpointError(f"cannot save {where}: a {_qualname(kind)} is not a tensor or plain data (checkpoints "
-                              "hold only tensors, numbers, strings, lists, tuples, dicts and None, so loading runs no code)")
+                              "hold only tensors, numbers, strings, lists, tuples, dicts and None, so that loading one "
+                              "runs no code)")
     return plain(_plain_equivalent(obj, where), where, convert)
 
 

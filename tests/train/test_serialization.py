@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -133,8 +134,9 @@ def test_plain_converts_old_objects() -> None:
 
 def test_old_checkpoint_converts_only_with_trust_and_resumes_identically(text_corpus: Path, cache: Path,
                                                                          tmp_path: Path, capsys) -> None:
-    """A run's checkpoint rewritten the old way, with the non-plain objects older code or a user's callback put
-    there, refuses to resume (pointing at the converter); the converted run continues exactly as an uninterrupted one."""
+    """A run's checkpoint rewritten the old way, with non-plain objects such as older code or a user's callback put
+    there, refuses to resume (pointing at the converter); the converted run continues exactly like an uninterrupted
+    one."""
     sets = tiny_overrides(text_corpus, cache, **{"train.max_steps": 4, "train.eval_every": 2, "monitor.every": 1})
     straight, old, new = tmp_path / "straight", tmp_path / "old", tmp_path / "new"
     assert main(argv(sets, straight)) == 0
@@ -185,25 +187,29 @@ def sharded(text_corpus: Path, cache: Path, tmp_path_factory: pytest.TempPathFac
     return out, sets
 
 
-def _bytes_item_to_payload(ckpt: Path, marker: Path) -> str:
+def _trainer_pt_payload(ckpt: Path, marker: Path) -> str:
+    torch.save({"config": _Payload(marker)}, ckpt / "trainer.pt")
+    return "builtins.exec"
+
+
+def _metadata_payload(ckpt: Path, marker: Path) -> str:
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    return "builtins.exec"
+
+
+def _bytes_item_payload(ckpt: Path, marker: Path) -> str:
     """Point one non-tensor item of the shards (an optimizer hyperparameter) at a pickled payload; its key."""
     metadata = pickle.loads((ckpt / ".metadata").read_bytes())
     index, info = next((i, s) for i, s in metadata.storage_data.items() if ".param_groups." in i.fqn)
     shard = ckpt / info.relative_path
     offset = shard.stat().st_size
-    payload = _torch_save_bytes(_Payload(marker))
+    buffer = io.BytesIO()
+    torch.save(_Payload(marker), buffer)
+    payload = buffer.getvalue()
     shard.write_bytes(shard.read_bytes() + payload)
     metadata.storage_data[index] = dataclasses.replace(info, offset=offset, length=len(payload))
     (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
     return index.fqn
-
-
-def _torch_save_bytes(obj: object) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def _metadata_outside(ckpt: Path, marker: Path) -> str:
@@ -216,11 +222,10 @@ def _metadata_outside(ckpt: Path, marker: Path) -> str:
     return "outside its checkpoint directory"
 
 
-ATTACKS = {  # how the checkpoint is changed → what the one-line error names
-    "trainer.pt": lambda ckpt, marker: (torch.save({"config": _Payload(marker)}, ckpt / "trainer.pt"), "builtins.exec")[1],
-    ".metadata": lambda ckpt, marker: ((ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker))),
-                                       "builtins.exec")[1],
-    "shard-item": _bytes_item_to_payload,
+ATTACKS = {  # each changes the checkpoint and returns what the one-line error must name
+    "trainer.pt": _trainer_pt_payload,
+    ".metadata": _metadata_payload,
+    "shard-item": _bytes_item_payload,
     "metadata-outside": _metadata_outside,
 }
 
