@@ -276,6 +276,7 @@ def save_sharded(run_dir: Path, step: int, plain: dict[str, Any], model: nn.Modu
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    serialization.plain(plain)  # on every rank, before any collective: a refusal on rank 0 alone would hang the rest
     tmp = checkpoint_dir(run_dir) / f".tmp-{_PREFIX}{step:06d}-{SHARDED_FORMAT}"  # one name for every rank
     if env.is_main:
         _fresh_tmp(run_dir, step, SHARDED_FORMAT)

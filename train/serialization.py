@@ -13,8 +13,8 @@ it runs:
   ``torch.load(weights_only=False)`` (``default_planner.py``, ``load_bytes``). :class:`PlainReader` closes both.
 
 Why ``torch.save`` + ``weights_only`` rather than safetensors + a JSON trainer state: a safetensors parser cannot run
-code at all, a stronger guarantee than an allowlist (``weights_only`` had a bypass, CVE-2025-32434, fixed in torch 2.6;
-we pin 2.13). But (1) both storages would still need ``weights_only``: DCP shards are torch.save records either way;
+code at all, a stronger guarantee than an allowlisting unpickler (``weights_only`` had bypasses: CVE-2025-32434, fixed
+in torch 2.6, and CVE-2026-24747, fixed in 2.10; the CPU install pins 2.13, the GPU machines have 2.11). But (1) both storages would still need ``weights_only``: DCP shards are torch.save records either way;
 (2) the states are nested and not JSON: optimizer state is keyed by integer parameter ids, holds tuples (betas),
 dtypes, NaN/inf floats (``last_val_loss``) and per-parameter tensors; a safetensors + JSON split needs a flattening
 and type-encoding layer between every Stateful and the file, a second place for every new state to go wrong;
