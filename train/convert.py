@@ -1,14 +1,19 @@
-"""``python -m train.convert --run SRC --out RUN_DIR [--checkpoint STEP] [--hf HF_DIR]``: a distributed
-(torch.distributed.checkpoint) checkpoint → the single-file checkpoint of a one-process run (and optionally the
-Hugging Face export).
+"""``python -m train.convert --run SRC --out RUN_DIR [--checkpoint STEP] [--hf HF_DIR] [--trust-checkpoint]``: a
+distributed (torch.distributed.checkpoint) checkpoint → the single-file checkpoint of a one-process run (and
+optionally the Hugging Face export); with ``--trust-checkpoint``, a checkpoint written before checkpoints held only
+plain data → one that does.
 
 SRC is a run directory (its newest checkpoint, or ``--checkpoint STEP``) or a checkpoint directory
-(``runs/NAME/checkpoints/step_000100``). RUN_DIR receives ``checkpoints/step_N/{state.pt, manifest.json}`` plus
-the source run's ``config.toml`` and ``tokenizer/``, so ``python -m train --resume`` reads it like any run. No
-process group is needed: DCP reshards to one process. (``train.generate`` and ``train.export`` read a distributed
-checkpoint directly; converting is for resuming in one process or archiving one file.)
-"""
+(``runs/NAME/checkpoints/step_000100``). RUN_DIR (new, or without checkpoints) receives
+``checkpoints/step_N/{state.pt, manifest.json}`` plus the source run's ``config.toml`` and ``tokenizer/``, so
+``python -m train --resume`` reads it like any run. No process group is needed: DCP reshards to one process.
+(``train.generate`` and ``train.export`` read a distributed checkpoint directly; converting is for resuming in one
+process or archiving one file.)
 
+``--trust-checkpoint`` unpickles SRC's state in full — **that runs any code it holds**: only for files from a source
+you trust — and turns NumPy values, sets, dataclasses, … into plain data (:mod:`train.serialization`). Without it,
+SRC is read like every checkpoint: tensors and plain data only, nothing that can run code.
+"""
 from __future__ import annotations
 
 import shutil
@@ -19,26 +24,36 @@ from typing import Any
 from hyperp import build_optimizer
 from models.qwen3 import build_model
 from train.build import param_dtype
-from train.checkpoint import (MANIFEST, is_sharded_checkpoint, list_checkpoints, load_sharded, read_sharded,
-                              save, step_dir)
+from train.checkpoint import (MANIFEST, is_sharded_checkpoint, list_checkpoints, load, load_sharded,
+                              read_sharded, save, step_dir)
 from train.cli import Parser, add_run_args, run_main
 from train.config import RunConfig, build
 from train.errors import CheckpointError
 from train.export import export_run
 
 
-def convert(src: str | Path, out: str | Path, hf: str | Path | None = None, step: int | None = None) -> Path:
-    """Write the single-file checkpoint into run directory ``out``; returns the checkpoint directory."""
+def convert(src: str | Path, out: str | Path, hf: str | Path | None = None, trust_checkpoint: bool = False,
+            step: int | None = None) -> Path:
+    """Write the single-file checkpoint into run directory ``out``; returns the checkpoint directory.
+    ``trust_checkpoint``: SRC may hold objects other than plain data, unpickled in full (runs their code)."""
     src, out = Path(src), Path(out)
     found = list_checkpoints(src)
     if step is not None:
         path: Path | None = step_dir(src, step)
     else:
         path = src if (src / MANIFEST).is_file() else (found[-1] if found else None)
-    if path is None or not is_sharded_checkpoint(path):
-        raise CheckpointError(f"{path or src} is not a distributed checkpoint (nothing to convert: a single-file "
-                              "checkpoint is read by train.generate and train.export as it is)")
-    written = save(out, *single_file_state(path), keep=1)
+    if path is None or not (trust_checkpoint or is_sharded_checkpoint(path)):
+        raise CheckpointError(f"{path or src} is not a distributed checkpoint (nothing to convert: train.generate and "
+                              "train.export read a single-file checkpoint as it is); a checkpoint from before "
+                              "plain-data checkpoints converts with --trust-checkpoint")
+    if list_checkpoints(out):  # saving there would replace or prune them
+        raise CheckpointError(f"--out {out} already has checkpoints: choose a new run directory")
+    if is_sharded_checkpoint(path):
+        step, state = single_file_state(path, trust_checkpoint)
+    else:
+        state = load(path, trusted=True)
+        step = _step(state, path)
+    written = save(out, step, state, keep=1)
     run_dir = path.parent.parent
     if (run_dir / "config.toml").is_file() and run_dir.resolve() != out.resolve():
         shutil.copyfile(run_dir / "config.toml", out / "config.toml")
@@ -49,14 +64,21 @@ def convert(src: str | Path, out: str | Path, hf: str | Path | None = None, step
     return written
 
 
-def single_file_state(path: Path) -> tuple[int, dict[str, Any]]:
+def single_file_state(path: Path, trust_checkpoint: bool = False) -> tuple[int, dict[str, Any]]:
     """(step, the state dict a one-process run saves) of sharded checkpoint ``path``."""
-    plain = read_sharded(path)
+    plain = read_sharded(path, trusted=trust_checkpoint)
     cfg = build(RunConfig, plain["config"])
     model = build_model(cfg.model).to(dtype=param_dtype(cfg))  # a float64 run converts to float64
     optimizer = build_optimizer(model, cfg.optim)  # the groups' lrs are restored from the checkpoint
     load_sharded(path, model, optimizer)
-    return int(plain["trainer"]["step"]), plain | {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    return _step(plain, path), plain | {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def _step(state: dict[str, Any], path: Path) -> int:
+    try:
+        return int(state["trainer"]["step"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path} has no trainer step (not a training checkpoint)") from None
 
 
 def build_parser() -> Parser:
@@ -65,13 +87,16 @@ def build_parser() -> Parser:
     add_run_args(parser, "convert (or one of its checkpoint directories)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory to write the single-file checkpoint into")
     parser.add_argument("--hf", default=None, metavar="DIR", help="also export a Hugging Face model directory here")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="SRC was written before checkpoints held only plain data: unpickle it in full and rewrite "
+                             "it as plain data. This RUNS ANY CODE the file holds: only for files you trust")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         args = build_parser().parse_args(argv)
-        written = convert(args.run, args.out, args.hf, args.checkpoint)
+        written = convert(args.run, args.out, args.hf, args.trust_checkpoint, args.checkpoint)
         print(f"wrote {written}" + (f" and HF export {args.hf}" if args.hf else ""))
 
     return run_main(command)
