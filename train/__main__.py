@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import signal
 import sys
@@ -17,7 +16,7 @@ EXIT_STOPPED = 3  # the run stopped early (non-finite steps, an alarm, SIGTERM) 
 EXIT_INTERRUPTED = 130
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> Parser:
     parser = Parser("python -m train", "Train a Qwen3 dense or MoE model from a TOML config (presets in configs/).")
     parser.add_argument("--config", required=True, metavar="TOML", help="TOML preset, e.g. configs/tiny-moe.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="checkpoint and exit after N optimizer steps in this invocation (schedule unchanged), "
                              "e.g. to fit a cluster time slot; continue later with --resume")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
-    return parser.parse_args(argv)
+    return parser
 
 
 def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
@@ -42,7 +41,7 @@ def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
     from train.metrics import check_wandb
     from train.run_summary import run_summary
 
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")

@@ -19,11 +19,12 @@ EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
-    """argparse's ArgumentDefaultsHelpFormatter without the noise: no "(default: None)" and none for flags."""
+    """argparse's ArgumentDefaultsHelpFormatter without the noise: no "(default: None)", "[]" or "", none for flags."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+        hidden = action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS)
+        shown = not hidden and not action.required  # `is False`: a default of 0 is shown
         if shown and "%(default)" not in text and action.option_strings:
             text += " (default: %(default)s)"
         return text

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hyperp.errors import ConfigError
 from tests.conftest import tiny_overrides
 from tests.runs import argv, assert_one_line_error
-from train.__main__ import main, parse_args
+from train.__main__ import build_parser, main
 from train.config import RunConfig, build, dump_toml, load_config
 
 
@@ -174,7 +174,7 @@ def test_random_command_lines_parse_or_give_a_one_line_error(args: list[str]) ->
     if any(a in ("-h", "--help") or (a.startswith("--h") and "--help".startswith(a)) for a in args):
         return  # --help prints usage and exits 0 by design
     try:
-        ns = parse_args(args)
+        ns = build_parser().parse_args(args)
     except ConfigError as err:
         assert "\n" not in str(err)
         return
