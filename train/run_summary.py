@@ -22,8 +22,9 @@ from train.transfer import base_scale, derive_run, run_scale
 _KIND = {"muonh": "MuonH", "adamh": "AdamH", "muon": "Muon", "adam": "Adam", "adamw": "AdamW"}
 
 
-def _millions(n: float) -> str:
-    return f"{n / 1e6:,.2f}M"
+def _count(n: int) -> str:
+    """Exact, with thousands separators: a tiny test model and a billion-parameter one read alike."""
+    return f"{n:,}"
 
 
 def _model_line(cfg: RunConfig, parts: Components) -> str:
@@ -31,8 +32,8 @@ def _model_line(cfg: RunConfig, parts: Components) -> str:
     shape = f"{m.n_layers} layers × {m.hidden}"
     if m.moe is not None:
         shape += f", MoE {m.moe.num_experts} experts top-{m.moe.top_k} ({m.moe.gate} gate)"
-    return (f"model      {shape}, {m.parameterization} parameterization; parameters {_millions(counts['total'])} total, "
-            f"{_millions(counts['active'])} active per token, {_millions(counts['embedding'])} embedding + head")
+    return (f"model      {shape}, {m.parameterization} parameterization; parameters {_count(counts['total'])} total, "
+            f"{_count(counts['active'])} active per token, {_count(counts['embedding'])} embedding + head")
 
 
 def _device_line(cfg: RunConfig, parts: Components) -> str:
@@ -69,7 +70,7 @@ def _lr_lines(cfg: RunConfig, parts: Components) -> list[str]:
     for group in parts.optimizer.param_groups:
         n = sum(p.numel() for p in group["params"])
         lines.append(f"  {group['name']:<8} {_KIND.get(group['kind'], group['kind']):<6} peak lr {group['base_lr']:.4g} "
-                     f"over {len(group['params'])} tensors ({_millions(n)} parameters)")
+                     f"over {len(group['params'])} tensors ({_count(n)} parameters)")
     t = cfg.train
     lines.append(f"  schedule warmup {t.warmup_steps} steps, {t.decay} decay to {t.min_lr_mult:g} × peak")
     if not 0.5 <= derived.transfer_factor <= 2:
