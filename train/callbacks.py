@@ -65,6 +65,7 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
 
+
 def build_callbacks(cfg: RunConfig, env: DistEnv = DistEnv()) -> list[Callback]:
     """Monitors first (they add their metrics to the step's dict before it is displayed and logged); only rank 0
     shows progress."""

@@ -5,16 +5,16 @@ Exact commands (run from the repo root; ~9 min on 2 shared CPU cores)::
     python -m train.sweep --config configs/experiments/exp-moe.toml \
         --grid optim.name=muonh,adamw --zip model.moe.gate=sqrt,softmax \
         --zip model.parameterization=hyperp,standard --zip optim.lr=0.02,0.004 \
-        --grid model.moe.aux_weight=0,0.0001,0.001,0.01,0.1,1 --steps 300 --out sweeps/aux --jobs 2
+        --grid model.moe.aux_weight=0,0.0001,0.001,0.01,0.1,1 --max-steps 300 --out sweeps/aux --jobs 2
     python -m train.sweep --config configs/experiments/exp-moe.toml \
         --grid optim.name=muonh,adamw --zip model.moe.gate=sqrt,softmax \
         --zip model.parameterization=hyperp,standard --zip optim.lr=0.02,0.004 \
-        --set 'model.moe.balance="bias"' --set model.moe.aux_weight=0.0 --steps 300 --out sweeps/aux-bias --jobs 2
+        --set 'model.moe.balance="bias"' --set model.moe.aux_weight=0.0 --max-steps 300 --out sweeps/aux-bias --jobs 2
     # the same with a 10× faster bias (added after the default γ_b balanced too slowly in 300 steps)
     python -m train.sweep --config configs/experiments/exp-moe.toml \
         --grid optim.name=muonh,adamw --zip model.moe.gate=sqrt,softmax \
         --zip model.parameterization=hyperp,standard --zip optim.lr=0.02,0.004 --set 'model.moe.balance="bias"' \
-        --set model.moe.aux_weight=0.0 --set model.moe.bias_rate=0.01 --steps 300 --out sweeps/aux-bias-fast --jobs 2
+        --set model.moe.aux_weight=0.0 --set model.moe.bias_rate=0.01 --max-steps 300 --out sweeps/aux-bias-fast --jobs 2
     python benchmarks/experiments/aux_weight.py
 
 Writes benchmarks/results/aux_weight.md and benchmarks/results/aux_weight.png.

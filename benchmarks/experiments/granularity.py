@@ -4,7 +4,7 @@ Exact commands (run from the repo root; ~5 min on 2 shared CPU cores)::
 
     python -m train.sweep --config configs/experiments/exp-moe.toml --grid model.moe.top_k=1,2,4,8 \
         --zip model.moe.num_experts=4,8,16,32 --zip model.moe.expert_hidden=256,128,64,32 \
-        --grid model.moe.gate=sqrt,softmax --set optim.lr=0.08 --set monitor.every=25 --steps 300 --out sweeps/granularity --jobs 2
+        --grid model.moe.gate=sqrt,softmax --set optim.lr=0.08 --set monitor.every=25 --max-steps 300 --out sweeps/granularity --jobs 2
     python benchmarks/experiments/granularity.py
 
 Family: E = 4·k experts of 256/k hidden, top-k → active MLP width 256 = 4 × hidden for every k (SPEC §4, sparsity 4).

@@ -5,28 +5,28 @@ Exact commands (run from the repo root; the whole family ≈ 25 min on 2 shared 
     # width family (depth 2): widths 32, 64, 128 (head_dim 32, 1/2/4 heads, MLP 4×width)
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.hidden=32,64,128 \
         --zip model.n_heads=1,2,4 --zip model.mlp_hidden=128,256,512 --grid optim.lr=0.04,0.08,0.16,0.32 \
-        --set hyperp.base_width=32 --set hyperp.base_depth=1 --set train.eval_every=50 --steps 200 \
+        --set hyperp.base_width=32 --set hyperp.base_depth=1 --set train.eval_every=50 --max-steps 200 \
         --out sweeps/lr-width-muonh --jobs 2
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.hidden=32,64,128 \
         --zip model.n_heads=1,2,4 --zip model.mlp_hidden=128,256,512 --grid optim.lr=0.003,0.006,0.012,0.024 \
-        --set 'optim.name="adamw"' --set 'model.parameterization="standard"' --set train.eval_every=50 --steps 200 \
+        --set 'optim.name="adamw"' --set 'model.parameterization="standard"' --set train.eval_every=50 --max-steps 200 \
         --out sweeps/lr-width-adamw --jobs 2
     # depth family (width 64): depths 1, 4 (+ depth 2 = the width-64 runs above)
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.n_layers=1,4 \
         --grid optim.lr=0.04,0.08,0.16,0.32 --set hyperp.base_width=32 --set hyperp.base_depth=1 \
-        --set train.eval_every=50 --steps 200 --out sweeps/lr-depth-muonh --jobs 2
+        --set train.eval_every=50 --max-steps 200 --out sweeps/lr-depth-muonh --jobs 2
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.n_layers=1,4 \
         --grid optim.lr=0.003,0.006,0.012,0.024 --set 'optim.name="adamw"' \
-        --set 'model.parameterization="standard"' --set train.eval_every=50 --steps 200 \
+        --set 'model.parameterization="standard"' --set train.eval_every=50 --max-steps 200 \
         --out sweeps/lr-depth-adamw --jobs 2
     # AdamW's optima sat on the grid edges at width 32/128 and depth 1/4: one more point beyond each edge
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.hidden=32,128 \
         --zip model.n_heads=1,4 --zip model.mlp_hidden=128,512 --zip optim.lr=0.048,0.0015 \
         --set 'optim.name="adamw"' --set 'model.parameterization="standard"' --set train.eval_every=50 \
-        --steps 200 --out sweeps/lr-width-adamw --jobs 2
+        --max-steps 200 --out sweeps/lr-width-adamw --jobs 2
     python -m train.sweep --config configs/experiments/exp-dense.toml --grid model.n_layers=1,4 \
         --zip optim.lr=0.048,0.0015 --set 'optim.name="adamw"' --set 'model.parameterization="standard"' \
-        --set train.eval_every=50 --steps 200 --out sweeps/lr-depth-adamw --jobs 2
+        --set train.eval_every=50 --max-steps 200 --out sweeps/lr-depth-adamw --jobs 2
     python benchmarks/experiments/lr_transfer.py
 
 MuonH's x-axis is the ONE base lr η₀ (base = width 32, depth 1); each run's actual lr is η₀·√(1/L) from
