@@ -48,3 +48,12 @@ def test_checkpoint_memory_quick(tmp_path):
     assert _main("checkpoint_memory")(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
     assert "load average" in text and "| ---" in text and text.count("| read_bytes") == 1
+
+
+@pytest.mark.slow  # torch.compile traces and generates code for the forward and backward (about a minute on CPU)
+def test_compile_speed_quick(tmp_path):
+    out = tmp_path / "result.md"
+    assert _main("compile_speed")(["--quick", "--presets", "tiny-dense", "--steps", "2", "--warmup", "1",
+                                   "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "load average" in text and "| ---" in text and text.count("| tiny-dense") == 1
