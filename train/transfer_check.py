@@ -338,7 +338,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.transfer_report import write_report
+    from train.transfer_report import log_invocation, write_report
 
     started = time.perf_counter()
     try:
@@ -350,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except HyperpError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    log_invocation(check, time.perf_counter() - started)
     command = "python -m train.transfer_check " + shlex.join(argv if argv is not None else sys.argv[1:])
-    verdict = write_report(check, command, time.perf_counter() - started, args.results)
+    verdict = write_report(check, command, args.results)
     if check.failed:
         print(f"error: {len(check.failed)} run(s) failed: {', '.join(sorted(check.failed))} (see their stdout.log)",
               file=sys.stderr)

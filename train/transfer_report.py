@@ -7,7 +7,10 @@ optimum as a star.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 from train.mfu import device_description
@@ -16,6 +19,7 @@ from train.transfer_check import Check, Member, axis_value, scale_label
 from train.transfer_verdict import Judgement, Optimum, combine, meaningful_difference
 
 Row = tuple[Member, Optimum | None, Judgement | None]
+INVOCATIONS = "invocations.jsonl"
 
 
 def _lr(check: Check, step: float) -> str:
@@ -79,7 +83,18 @@ def _noise_line(check: Check) -> str:
             f"between two runs is meaningful above 2·√2·σ = **{delta:.4f}**.")
 
 
-def render(check: Check, command: str, seconds: float, png: str) -> tuple[str, str]:
+def _time_line(check: Check) -> str:
+    """Wall time over every invocation that trained (a resumed check adds up its parts), from ``invocations.jsonl``."""
+    path = check.out / INVOCATIONS
+    parts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    parts = [p for p in parts if p["trained"]]
+    total = sum(p["seconds"] for p in parts)
+    return (f"Wall time: {total / 60:.1f} min for {sum(p['trained'] for p in parts)} runs "
+            f"({len(parts)} invocation(s) that trained; load average at the end of each: "
+            f"{', '.join(p['load'] for p in parts) or '–'}).")
+
+
+def render(check: Check, command: str, png: str) -> tuple[str, str]:
     """(markdown, overall verdict)."""
     judgements = check.judgements()
     verdicts = {axis: combine(j.verdict for _, _, j in rows if j is not None) for axis, rows in judgements.items()}
@@ -100,8 +115,8 @@ def render(check: Check, command: str, seconds: float, png: str) -> tuple[str, s
              "optimum − prediction in ×2 grid steps (parabola vertex in log₂ lr; ≤/≥ at a grid edge); regret = "
              f"loss at the predicted lr − best loss. Tolerance: |shift| ≤ {check.tolerance:g} step.", "",
              _noise_line(check), "",
-             f"Machine: {device_description()}; {check.jobs} run(s) at a time. This invocation: "
-             f"{seconds / 60:.1f} min wall, {check.trained} run(s) trained ({runs} recorded in all).", "",
+             f"Machine: {device_description()}; {check.jobs} run(s) at a time. {_time_line(check)} "
+             f"Runs recorded: {runs}.", "",
              "| axis | verdict | shift of each scale (steps) |", "|---|---|---|"]
     for axis, rows in judgements.items():
         shifts = [_shift(j) for _, _, j in rows if j is not None]
@@ -149,7 +164,14 @@ def draw(check: Check, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(check: Check, command: str, seconds: float, results: str | None) -> str:
+def log_invocation(check: Check, seconds: float) -> None:
+    """Append this invocation's wall time and trained runs to ``OUT/invocations.jsonl``."""
+    load = f"{os.getloadavg()[0]:.1f}"
+    with open(check.out / INVOCATIONS, "a") as fh:
+        fh.write(json.dumps({"time": time.time(), "seconds": seconds, "trained": check.trained, "load": load}) + "\n")
+
+
+def write_report(check: Check, command: str, results: str | None) -> str:
     """Write ``OUT/transfer_check.{md,png}`` (and ``results`` + its PNG); print the report; return the verdict."""
     from train.checkpoint import write_atomic
 
@@ -157,7 +179,7 @@ def write_report(check: Check, command: str, seconds: float, results: str | None
     overall = ""
     for md in targets:
         md.parent.mkdir(parents=True, exist_ok=True)
-        text, overall = render(check, command, seconds, md.with_suffix(".png").name)
+        text, overall = render(check, command, md.with_suffix(".png").name)
         draw(check, md.with_suffix(".png"))
         write_atomic(md, text.encode())
     print(text)
