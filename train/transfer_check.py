@@ -1,8 +1,8 @@
 """``python -m train.transfer_check --config BASE.toml``: does one lr transfer across scales as HyperP says? PASS/FAIL.
 
 For each axis — width, depth, training tokens and, for MoE configs, granularity (top-k and expert size at fixed
-active and total parameters, SPEC §4) — the base config and scales ×2 below and above it (×2 and ×4 above where
-below is impossible) train on a ×2 grid of *base* lrs: every run's lr is ``base lr × the HyperP transfer factor`` of
+active and total parameters, SPEC §4) — the base config and scales ×2 below and above it (``--scales``; ×2 and ×4
+above where below is impossible, e.g. depth 1) train on a ×2 grid of *base* lrs: every run's lr is ``base lr × the HyperP transfer factor`` of
 its scale (:func:`train.transfer.derive_run` with the base config as ``[hyperp]`` base, what training itself uses).
 If the rule is right, the best base lr is the same at every scale. Per scale the report gives where the best lr sits
 relative to that prediction (the base scale's optimum) in grid steps, the loss lost by training at the predicted lr
@@ -133,25 +133,21 @@ def _changed(base: RunConfig, overrides: Overrides) -> Overrides:
 
 
 def axis_members(config: str, sets: Sequence[str], base: RunConfig, axis: str, exponents: Sequence[int]) -> list[Member]:
-    """The scales of one axis; exponents that give an impossible shape (depth ½ of 1 layer, …) are replaced by the
-    next ones above the base, so every axis keeps as many scales."""
-    members, exponent, wanted = [], min(exponents), len([e for e in exponents if e != 0])
-    while len(members) < wanted:
-        if exponent == 0:
-            exponent += 1
-            continue
-        if exponent > max(exponents) + 4:
-            raise ConfigError(f"no valid {axis} scales around the base config")
+    """The scales base × 2^e of one axis. An impossible scale below the base (half of one layer, of top-1, …) is
+    replaced by the next one above the largest, so every axis keeps as many scales; one above the base must exist."""
+    members, queue, top = [], sorted(exponents), max(exponents)
+    while queue:
+        exponent = queue.pop(0)
         try:
             overrides = _changed(base, _axis_overrides(base, axis, 2.0**exponent))
             cfg = load_config(config, [*sets, *(f"{k}={_toml(v)}" for k, v in overrides)])
         except ConfigError:
-            if exponent < 0:
-                exponent += 1
-                continue
-            raise
+            if exponent > 0:
+                raise
+            top += 1
+            queue.append(top)
+            continue
         members.append(Member(axis, exponent, axis_value(cfg, axis), overrides, derive_run(cfg).transfer_factor))
-        exponent += 1
     return members
 
 
@@ -283,7 +279,7 @@ def build_check(args: argparse.Namespace) -> Check:
     axes = args.axes or [a for a in AXES if a != "granularity" or base.model.moe is not None]
     if args.quick and not args.axes:
         axes = ["width", "depth"]
-    exponents = (1,) if args.quick else (-1, 1)
+    exponents = args.scales or ((1,) if args.quick else (-1, 1))
     members = [Member("base", 0, 0.0, ())]
     for axis in axes:
         members += axis_members(args.config, sets, base, axis, exponents)
@@ -308,12 +304,25 @@ def _default_jobs() -> int:
     return torch.cuda.device_count() or max(1, min(8, os.cpu_count() or 1))
 
 
+def _exponents(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. -1,1") from None
+    if 0 in values or not any(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: the exponents exclude 0 (the base) and include one above it")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.transfer_check", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="base TOML config: its lr is the grid's centre")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--axes", type=lambda s: [a.strip() for a in s.split(",")], default=None,
                    help=f"comma-separated subset of {','.join(AXES)} (default: all that apply)")
+    p.add_argument("--scales", type=_exponents, default=None, metavar="E1,E2",
+                   help="scales base × 2^e per axis (default -1,1: the base in the middle of a 4× span; 1,2 puts it at "
+                        "the bottom, HyperP's tune-small-transfer-up use; --quick: 1)")
     p.add_argument("--steps", type=int, default=None, help="train.max_steps of the base config")
     p.add_argument("--grid-points", type=int, default=3, help="lrs per scale, ×2 apart, centred on the config's lr")
     p.add_argument("--seeds", type=int, default=None, help="seeds at the base's best lr, for the noise (default 3, "
