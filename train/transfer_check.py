@@ -36,7 +36,7 @@ from typing import Any
 from hyperp.errors import ConfigError, HyperpError
 from train.config import RunConfig, load_config
 from train.sweep import RESULT_FILE, Point, run_sweep
-from train.transfer import derive_run, run_scale
+from train.transfer import derive_run, pin_base, run_scale
 from train.transfer_verdict import (FAIL, INCONCLUSIVE, PASS, Judgement, Optimum, combine, judge, locate,
                                     meaningful_difference)
 
@@ -270,11 +270,8 @@ def build_check(args: argparse.Namespace) -> Check:
     if args.steps is not None:
         sets.append(f"train.max_steps={args.steps}")
     user = load_config(args.config, sets)
-    scale = run_scale(user)
     centre = derive_run(user).lr  # what the base config trains with: the grid's centre
-    sets += [f"hyperp.base_width={scale.width}", f"hyperp.base_depth={scale.depth}",
-             f"hyperp.base_tokens={scale.tokens!r}", f"hyperp.base_batch_tokens={scale.batch_tokens!r}",
-             "monitor.every=0", 'log.wandb="disabled"', "log.progress=false"]
+    sets += [*pin_base(user), "monitor.every=0", 'log.wandb="disabled"', "log.progress=false"]
     base = load_config(args.config, sets)
     axes = args.axes or [a for a in AXES if a != "granularity" or base.model.moe is not None]
     if args.quick and not args.axes:

@@ -168,9 +168,11 @@ def test_member_shapes_and_factors() -> None:
     (["--axes", "granularity"], "granularity axis needs an MoE config"),
     (["--axes", "widht"], "--axes widht"),
     (["--grid-points", "1"], "--grid-points"),
-    (["--set", "model.n_heads=3"], "model.n_heads"),
+    (["--set", "model.n_kv_heads=3"], "model.n_kv_heads"),
 ])
-def test_bad_input_is_one_line(extra: list[str], needle: str, tmp_path: Path, capsys) -> None:
+def test_bad_input_is_one_line(extra: list[str], needle: str, tmp_path: Path, capsys,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweep, "run_point", lambda *a: pytest.fail("bad input must be refused before any run"))
     code = transfer_check.main(["--config", "configs/experiments/exp-dense.toml", "--out", str(tmp_path / "x"), *extra])
     assert_one_line_error(code, capsys.readouterr().err, needle)
     assert not (tmp_path / "x").exists()
