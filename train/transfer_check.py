@@ -4,9 +4,12 @@ For each axis — width, depth, training tokens and, for MoE configs, granularit
 active and total parameters, SPEC §4) — the base config and scales ×2 below and above it (``--scales``; ×2 and ×4
 above where below is impossible, e.g. depth 1) train on a ×2 grid of *base* lrs: every run's lr is ``base lr × the HyperP transfer factor`` of
 its scale (:func:`train.transfer.derive_run` with the base config as ``[hyperp]`` base, what training itself uses).
-If the rule is right, the best base lr is the same at every scale. Per scale the report gives where the best lr sits
-relative to that prediction (the base scale's optimum) in grid steps, the loss lost by training at the predicted lr
-(regret), and a verdict against ``--tolerance`` (default: within one ×2 step) — see :mod:`train.transfer_verdict`.
+If the rule is right, the best base lr is the same at every scale. The prediction for the scales of an axis is the
+optimum of its smallest scale — where one would tune, since HyperP transfers a base lr tuned on the smallest model up
+(with the default ``--scales -1,1`` that spans 2× and 4×, while no run is larger than 2× the config). Per scale the
+report gives where the best lr sits relative to that prediction in grid steps, the loss lost by training at the
+predicted lr (regret), and a verdict against ``--tolerance`` (default: within one ×2 step) — see
+:mod:`train.transfer_verdict`.
 
 How differences are made meaningful: the optimum is located by a parabola in log₂ lr (a fraction of a grid step),
 and the base's best point is rerun with ``--seeds`` − 1 more seeds; a regret below 2·√2·σ_seed is noise and passes.
@@ -250,14 +253,15 @@ class Check:
 
     # ------------------------------------------------------------------------------------------ results
     def judgements(self) -> dict[str, list[tuple[Member, Optimum | None, Judgement | None]]]:
+        """Per axis, its scales from the smallest up; each judged against the smallest (the prediction, None)."""
         noise = meaningful_difference(self.seed_losses())
-        base = self.base_member
-        base_opt = locate(self.curve(base))
         out: dict[str, list[tuple[Member, Optimum | None, Judgement | None]]] = {}
         for axis in dict.fromkeys(m.axis for m in self.members if m.exponent != 0):
-            rows = sorted([base, *(m for m in self.members if m.axis == axis)], key=lambda m: m.exponent)
-            out[axis] = [(m, locate(self.curve(m)), None if m is base else
-                          judge(locate(self.curve(m)), base_opt, self.curve(m), self.tolerance, noise)) for m in rows]
+            rows = sorted([self.base_member, *(m for m in self.members if m.axis == axis)], key=lambda m: m.exponent)
+            anchor = locate(self.curve(rows[0]))
+            out[axis] = [(m, locate(self.curve(m)), None if i == 0 else
+                          judge(locate(self.curve(m)), anchor, self.curve(m), self.tolerance, noise))
+                         for i, m in enumerate(rows)]
         return out
 
     def verdicts(self) -> dict[str, str]:

@@ -65,7 +65,7 @@ def axis_table(check: Check, axis: str, rows: list[Row]) -> list[str]:
         cells = [_value(check, member, axis), f"{member.factor:.3f}", *(_loss(curve.get(k)) for k in ks),
                  _optimum(check, opt)]
         if j is None:
-            cells += ["prediction", "–", "–"]
+            cells += ["prediction (smallest scale)", "–", "–"]
         else:
             regret = "–" if math.isnan(j.regret) else "inf" if math.isinf(j.regret) else f"{j.regret:.3f}"
             cells += [_shift(j), regret, f"**{j.verdict}** ({j.why})"]
@@ -111,9 +111,10 @@ def render(check: Check, command: str, png: str) -> tuple[str, str]:
              f"(centre {check.centre:.3g}, the config's lr)"
              + (f", extended by up to {check.extend} beyond an edge that holds the optimum" if check.extend else "")
              + ". Every scale trains at base lr × its HyperP factor (`lr factor`: √(L₀/L)·(T/T₀)^−0.32; "
-             "width and granularity ×1), so the rule predicts the base scale's optimum at every scale. Shift = "
-             "optimum − prediction in ×2 grid steps (parabola vertex in log₂ lr; ≤/≥ at a grid edge); regret = "
-             f"loss at the predicted lr − best loss. Tolerance: |shift| ≤ {check.tolerance:g} step.", "",
+             "width and granularity ×1), so the rule predicts the same best base lr at every scale; the prediction "
+             "is the optimum of each axis' smallest scale (tune small, transfer up). Shift = optimum − prediction in "
+             "×2 grid steps (parabola vertex in log₂ lr; ≤/≥ at a grid edge); regret = loss at the predicted lr − "
+             f"best loss. Tolerance: |shift| ≤ {check.tolerance:g} step.", "",
              _noise_line(check), "",
              f"Machine: {device_description()}; {check.jobs} run(s) at a time. {_time_line(check)} "
              f"Runs recorded: {runs}.", "",
@@ -135,8 +136,8 @@ def draw(check: Check, path: Path) -> None:
 
     judgements = check.judgements()
     fig, axes = plt.subplots(1, len(judgements), figsize=(4.6 * len(judgements), 3.8), squeeze=False)
-    base_opt = next(opt for rows in judgements.values() for m, opt, _ in rows if m.exponent == 0)
     for ax, (axis, rows) in zip(axes[0], judgements.items()):
+        anchor = rows[0][1]
         finite: list[float] = []
         for member, opt, _ in rows:
             curve = {k: v for k, v in sorted(check.curve(member).items()) if math.isfinite(v)}
@@ -145,8 +146,8 @@ def draw(check: Check, path: Path) -> None:
                             label=f"{_value(check, member, axis)} ×{member.factor:.2f}")
             if opt is not None:
                 ax.plot([check.centre * 2.0**opt.estimate], [opt.loss], "*", ms=11, color=line.get_color())
-        if base_opt is not None:
-            ax.axvline(check.centre * 2.0**base_opt.estimate, ls="--", color="k", lw=1, label="HyperP prediction")
+        if anchor is not None:
+            ax.axvline(check.centre * 2.0**anchor.estimate, ls="--", color="k", lw=1, label="prediction (smallest)")
         if finite:
             ax.set_ylim(min(finite) - 0.03, min(max(finite), min(finite) + 1.0) + 0.03)
         ax.set_xscale("log", base=2)

@@ -140,6 +140,17 @@ def test_command_extends_the_grid_and_judges(tmp_path: Path, monkeypatch: pytest
     assert transfer_check.main([*ARGS, "--out", str(out)]) == code and ran == []
 
 
+def test_prediction_is_the_smallest_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optima drifting by −0.6 steps per doubling: each scale is within one step of the config (width 64), but width
+    128 is 1.2 steps from width 32, where one would tune — FAIL."""
+    base = math.log2(0.08)
+    _fake_runs(monkeypatch, {32: base + 0.6, 64: base, 128: base - 0.6}, [])
+    assert transfer_check.main([*ARGS, "--out", str(tmp_path / "c")]) == 1
+    rows = [line for line in (tmp_path / "c" / "transfer_check.md").read_text().splitlines()
+            if line.startswith(("| width 32", "| width 64", "| width 128"))]
+    assert "prediction (smallest scale)" in rows[0] and "-0.60" in rows[1] and "-1.20" in rows[2] and "FAIL" in rows[2]
+
+
 def test_member_shapes_and_factors() -> None:
     base = transfer_check.load_config("configs/experiments/exp-moe.toml")
     width = transfer_check.axis_members("configs/experiments/exp-moe.toml", [], base, "width", (-1, 1))
