@@ -394,6 +394,10 @@ def test_monitoring_does_not_change_training_and_optimizer_health_is_exact(text_
             assert metrics[name] == pytest.approx(value, rel=1e-4), name
         assert metrics["monitor/sphere_norm_drift"] < 1e-5
         assert metrics["monitor/update_ratio/sphere"] > 0
+        assert 0 < metrics["train/mfu"] < float("inf")  # MoE-aware MFU in every step's log (train.mfu)
+    # the churn probe is routed from the first monitor step on; its change is reported from the second
+    assert "monitor/router/churn/layer_00" not in watched.metrics[0]
+    assert all(0 <= m["monitor/router/churn/layer_01"] <= 1 for m in watched.metrics[1:])
     # tokens per expert over a one-step window = that step's token slots: batch·seq_len·top_k per MoE layer
     m = watched.metrics[0]
     assert sum(v for k, v in m.items() if k.startswith("monitor/expert_tokens/layer_00/")) == 4 * 32 * 2
