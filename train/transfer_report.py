@@ -149,7 +149,7 @@ def draw(check: Check, path: Path) -> None:
         if anchor is not None:
             ax.axvline(check.centre * 2.0**anchor.estimate, ls="--", color="k", lw=1, label="prediction (smallest)")
         if finite:
-            ax.set_ylim(min(finite) - 0.03, min(max(finite), min(finite) + 1.0) + 0.03)
+            ax.set_ylim(min(finite) - 0.03, min(max(finite), min(finite) + 1.5) + 0.03)
         ax.set_xscale("log", base=2)
         lrs = sorted({check.centre * 2.0**k for member, _, _ in rows for k in check.steps[member]})
         ax.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs], fontsize=7)
