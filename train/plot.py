@@ -1,13 +1,13 @@
 """``python -m train.plot RUN_OR_SWEEP [...] [--metrics GLOB ...] [--out DIR]``: monitor plots comparing runs.
 
 Reads each run's ``metrics.jsonl`` (a sweep directory stands for every point in it) and writes one PNG per
-indicator family (loss, Z-values, RMS, outliers, expert load, optimizer health), a layer × expert heatmap of the
-last expert-load window, and ``summary.md``: final and minimum loss, and the maximum of each other indicator per run
-(SPEC §5: under HyperP these should stay bounded as training goes on). Per-layer metrics (``.../layer_XX``) share a
-panel: one line per layer, dark → light with depth; runs differ by line style (or colour, when a panel has one line
-per run). Y axes name their unit; the alarm thresholds of each run's ``[monitor]`` config are drawn dashed (growth
-alarms relative to the first value from ``monitor.alarm_start``), and alarms that fired as vertical red lines.
-``python -m train.sweep`` plots its results table with :func:`plot_sweep`.
+indicator family (loss, Z-values, RMS, outliers, expert load, router, throughput and MFU, optimizer health), a
+layer × expert heatmap of the last expert-load window, and ``summary.md``: final and minimum loss, and the maximum of
+each other indicator per run (SPEC §5: under HyperP these should stay bounded as training goes on). Per-layer
+metrics (``.../layer_XX``) share a panel: one line per layer, dark → light with depth; runs differ by line style (or
+colour, when a panel has one line per run). Y axes name their unit; the alarm thresholds of each run's ``[monitor]``
+config are drawn dashed (growth alarms relative to the first value from ``monitor.alarm_start``), and alarms that
+fired as vertical red lines. ``python -m train.sweep`` plots its results table with :func:`plot_sweep`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "rms": ("monitor/rms/*",),
     "outliers": ("monitor/outlier_frac/*", "monitor/max_over_rms/*", "monitor/kurtosis/*", "monitor/outlier_pct/*"),
     "expert_load": ("monitor/expert_load/*",),
+    "router": ("monitor/router/*",),
+    "throughput": ("train/tokens_per_s", "train/mfu"),
     "optimizer": ("train/grad_norm", "monitor/grad_norm/*", "monitor/weight_norm/*", "monitor/update_ratio/*",
                   "monitor/sphere_norm_drift"),
 }
