@@ -1,6 +1,6 @@
 """``python -m train.coord_check --config X.toml``: do activations and updates keep their size across width and depth?
 
-A coordinate check (muP's ``coord_check``, made to give a verdict): the config is trained for the first ``--steps``
+A coordinate check (muP's ``coord_check``, made to give a verdict): the config is trained for the first ``--max-steps``
 steps at a few widths (``--widths``, default ½×, 1×, 2×, 4× the config's) and depths (``--depths``), each scale with
 its HyperP lr (the config is the ``[hyperp]`` base, :func:`train.transfer.pin_base`), with every monitor collected at
 every step (:mod:`train.monitors`): the RMS of every layer's residual stream, attention-branch and MLP-branch outputs
@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from hyperp.errors import ConfigError, HyperpError
+from train.cli import Parser
 from train.config import RunConfig, load_config
 from train.sweep import Point
 from train.transfer import pin_base
@@ -173,20 +174,26 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.coord_check", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+def build_parser() -> Parser:
+    p = Parser("python -m train.coord_check", "Coordinate check: do activations and updates keep their size across "
+               "width and depth? Traces the first steps at several scales and flags slopes against HyperP's.")
+    p.add_argument("--config", required=True, metavar="TOML", help="the config to scale")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied at every scale (repeatable)")
     p.add_argument("--widths", type=_ints, default=None, help="model.hidden values (default ½×, 1×, 2×, 4× the config's)")
     p.add_argument("--depths", type=_ints, default=None, help="model.n_layers values (default ½×, 1×, 2×, 4×; one "
                    "value skips the depth check)")
-    p.add_argument("--steps", type=int, default=10, help="steps traced per scale (default 10)")
-    p.add_argument("--threshold", type=float, default=0.25, help="allowed |slope − expected| (default 0.25)")
+    p.add_argument("--max-steps", dest="steps", type=int, default=10, metavar="N", help="steps traced per scale")
+    p.add_argument("--threshold", type=float, default=0.25, help="allowed |slope − expected|")
     p.add_argument("--out", default=None, help="output directory (default runs/coord-check-<config>)")
     p.add_argument("--results", default=None, metavar="PATH.md", help="also write the report here (PNG beside it)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.steps < 1 or args.threshold <= 0:
-        raise ConfigError(f"--steps={args.steps} must be >= 1 and --threshold={args.threshold} > 0")
+        raise ConfigError(f"--max-steps={args.steps} must be >= 1 and --threshold={args.threshold} > 0")
     return args
 
 

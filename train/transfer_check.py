@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.errors import ConfigError, HyperpError
+from train.cli import Parser
 from train.config import RunConfig, load_config
 from train.sweep import RESULT_FILE, Point, run_sweep
 from train.transfer import derive_run, pin_base, run_scale
@@ -166,7 +167,7 @@ class Check:
     """The plan of one check and, once :meth:`run` has run, its results."""
 
     config: str
-    sets: list[str]  # user --set (and --quick / --steps) overrides, then the check's own (base scale, no monitors)
+    sets: list[str]  # user --set (and --quick / --max-steps) overrides, then the check's own (base scale, no monitors)
     base: RunConfig
     members: list[Member]
     centre: float  # the base config's lr: grid step k is centre·2^k (base lr)
@@ -315,27 +316,34 @@ def _exponents(text: str) -> tuple[int, ...]:
     return values
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.transfer_check", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="base TOML config: its lr is the grid's centre")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+def build_parser() -> Parser:
+    p = Parser("python -m train.transfer_check", "Does one lr transfer across scales as HyperP says? Sweeps an lr "
+               "grid at scaled widths, depths, token budgets (and MoE granularities) and judges PASS or FAIL.")
+    p.add_argument("--config", required=True, metavar="TOML", help="base TOML config: its lr is the grid's centre")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every run (repeatable)")
     p.add_argument("--axes", type=lambda s: [a.strip() for a in s.split(",")], default=None,
                    help=f"comma-separated subset of {','.join(AXES)} (default: all that apply)")
     p.add_argument("--scales", type=_exponents, default=None, metavar="E1,E2",
                    help="scales base × 2^e per axis (default -1,1: the base in the middle of a 4× span; 1,2 puts it at "
                         "the bottom, HyperP's tune-small-transfer-up use; --quick: 1)")
-    p.add_argument("--steps", type=int, default=None, help="train.max_steps of the base config")
+    p.add_argument("--max-steps", dest="steps", type=int, default=None, metavar="N",
+                   help="train.max_steps of the base config")
     p.add_argument("--grid-points", type=int, default=3, help="lrs per scale, ×2 apart, centred on the config's lr")
     p.add_argument("--seeds", type=int, default=None, help="seeds at the base's best lr, for the noise (default 3, "
                    "--quick 2)")
     p.add_argument("--extend", type=int, default=None, help="lrs added beyond a grid edge per side at most (default 2, "
                    "--quick 0)")
-    p.add_argument("--tolerance", type=float, default=1.0, help="allowed |shift| in ×2 grid steps (default 1)")
+    p.add_argument("--tolerance", type=float, default=1.0, help="allowed |shift| in ×2 grid steps")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: one per GPU, else one per core)")
     p.add_argument("--quick", action="store_true", help="CI smoke check: tiny model, width and depth, ≤ 1 minute")
     p.add_argument("--out", default=None, help="sweep directory (default sweeps/transfer-check-<config>)")
     p.add_argument("--results", default=None, metavar="PATH.md", help="also write the report here (PNG beside it)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else 2 if args.quick else 3
     args.extend = args.extend if args.extend is not None else 0 if args.quick else 2
     if args.grid_points < 2 or args.seeds < 1 or args.extend < 0 or args.tolerance < 0:

@@ -10,7 +10,8 @@ import pytest
 from train.cli import Parser
 
 COMMANDS = ("train.__main__", "train.generate", "train.export", "train.convert", "train.plot", "train.sweep",
-            "train.transfer", "train.doctor", "train.data.__main__", "train.data.shards")
+            "train.transfer", "train.doctor", "train.data.__main__", "train.data.shards", "train.transfer_check",
+            "train.coord_check")
 # spellings that were replaced (the one to use in parentheses): none of them may come back
 OLD_SPELLINGS = {"--steps": "--max-steps", "--run-dir": "--run", "--step": "--checkpoint", "--output": "--out"}
 

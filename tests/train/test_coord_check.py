@@ -79,7 +79,7 @@ def test_expert_radius_drift_on_real_steps(text_corpus: Path, tmp_path: Path, mo
 
 @pytest.mark.slow  # ~20 s of CPU: five tiny models, two figures
 def test_command_writes_report_and_figure(text_corpus: Path, tmp_path: Path) -> None:
-    argv = ["--config", "configs/tiny-dense.toml", "--widths", "16,32", "--depths", "1,2", "--steps", "2",
+    argv = ["--config", "configs/tiny-dense.toml", "--widths", "16,32", "--depths", "1,2", "--max-steps", "2",
             "--out", str(tmp_path / "cc"), "--results", str(tmp_path / "r.md")]
     for s in tiny_overrides(text_corpus, tmp_path / "cache", **{"model.head_dim": 8}):
         argv += ["--set", s]
