@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     before = loadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [_measure(p, args, Path(tmp)) for p in args.presets]
+        rows = []
+        for preset in args.presets:
+            rows.append(_measure(preset, args, Path(tmp)))
+            print(" | ".join(map(str, rows[-1])), flush=True)  # a slow compile (MoE on CPU) leaves the rest shown
     header = ["preset", "shape", "first step eager (s)", "first step compiled (s)", "eager ms/step",
               "compiled ms/step", "eager tok/s", "compiled tok/s", "speedup"]
     lines = ["# train.compile: step time, compiled vs eager", "",
