@@ -47,10 +47,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def run_device(cfg: RunConfig, env: DistEnv = DistEnv()) -> torch.device:
+    """The device this process trains on (its local GPU under torchrun)."""
+    return device_for(env, resolve_device(cfg.train.device))
+
+
+def uses_bf16(cfg: RunConfig, device: torch.device) -> bool:
     """bf16 autocast on CUDA (``dtype = "auto"`` or ``"bfloat16"``); fp32 elsewhere or when asked."""
-    use_bf16 = cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
+    return cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and device.type == "cuda")
+
+
+def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if not uses_bf16(cfg, device):
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -62,7 +70,7 @@ def param_dtype(cfg: RunConfig) -> torch.dtype:
 
 def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     seed_everything(cfg.train.seed)
-    device = device_for(env, resolve_device(cfg.train.device))
+    device = run_device(cfg, env)
     if not env.is_main:
         env.barrier()  # rank 0 prepares (tokenizes, caches) first; the others then read its cache
     data = prepare(cfg.data)

@@ -19,7 +19,7 @@ import torch
 
 from train import distributed
 from train.build import Components
-from train.checkpoint import Checkpointer, RNGState
+from train.checkpoint import Checkpointer, Resumed, RNGState
 from train.config import RunConfig
 from train.metrics import MetricsLogger
 from train.schedule import schedule_factor, set_lr
@@ -86,14 +86,30 @@ class Trainer:
                                                   self.dist.rank, self.dist.world_size)
         self.state = TrainState()
         self.stop_reason: str | None = None
+        self.rollback_point: int | None = None  # the pinned checkpoint a divergence would roll back to
+        self.resumed: Resumed | None = None
         self.logger = MetricsLogger.for_run(cfg, self.run_dir, self.dist)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
                   "callbacks": _CallbackStates(callbacks), "rng": RNGState()}
         self.checkpointer = Checkpointer(self.run_dir, states, cfg.to_dict(), cfg.train.keep_checkpoints, self.dist,
-                                         map_location=self.device)
+                                         map_location=self.device, keep_pinned=cfg.train.keep_pinned)
 
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+    def request_stop(self, reason: str, roll_back: bool = False) -> None:
+        """Stop after this step with a checkpoint. ``roll_back``: the run diverged, so that checkpoint sends a plain
+        ``--resume`` to the rollback point (:meth:`mark_rollback`) instead of continuing the stopped state."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            if roll_back:
+                self.checkpointer.rollback_to = self.rollback_point
+
+    def mark_rollback(self, step: int, why: str) -> int | None:
+        """Pin the newest checkpoint older than the weights that produced step ``step``'s metrics and make it the
+        rollback point (for alarms: call on a spike or divergence at ``step``; then ``request_stop(…, roll_back=True)``
+        to stop there). Returns the pinned step, None when no checkpoint precedes it."""
+        pinned = self.checkpointer.pin_before(step, why)
+        if pinned is not None:
+            self.rollback_point = pinned
+        return pinned
 
     # The trainer is one of the checkpointed Stateful objects: its counters.
     def state_dict(self) -> dict[str, Any]:
@@ -142,6 +158,8 @@ class Trainer:
         else:
             self.state.skipped_steps += 1
             self.state.nonfinite_streak += 1
+            if self.state.nonfinite_streak == 1:  # keep the way back before later saves could prune it
+                self.mark_rollback(step + 1, "non-finite loss or gradient")
             self._log_skipped(step + 1, float(sums["total"]), float(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)  # also drops a skipped step's (non-finite) accumulated grads
         self.state.step += 1
@@ -156,7 +174,7 @@ class Trainer:
             self.request_stop(
                 f"{self.state.nonfinite_streak} consecutive non-finite steps (loss or gradient) up to step "
                 f"{self.state.step} (train.max_nonfinite={cfg.max_nonfinite}); model and optimizer are those of the "
-                f"last good step {self.state.step - self.state.nonfinite_streak}"
+                f"last good step {self.state.step - self.state.nonfinite_streak}", roll_back=True
             )
         return metrics
 
@@ -184,7 +202,9 @@ class Trainer:
         """Train to ``train.max_steps`` (or pause at ``until_step`` with a checkpoint; the schedule is unchanged)."""
         t = self.cfg.train
         last = t.max_steps if until_step is None else min(until_step, t.max_steps)
-        self.logger.open(self.state.step)
+        rolled_back = self.resumed is not None and self.resumed.rolled_back
+        self.logger.open(self.state.step, keep_dropped=rolled_back)
+        self._log_config_changes()
         for cb in self.callbacks:
             cb.on_train_start(self)
         try:
@@ -222,6 +242,17 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         return self.checkpointer.save(self.state.step)  # collective under torchrun
 
-    def resume(self) -> Path:
-        """Continue from the newest valid checkpoint (:meth:`train.checkpoint.Checkpointer.resume`)."""
-        return self.checkpointer.resume()
+    def resume(self, step: int | None = None) -> Resumed:
+        """Continue from checkpoint ``step``, or the newest valid one (:meth:`train.checkpoint.Checkpointer.resume`)."""
+        self.resumed = self.checkpointer.resume(step)
+        if self.state.nonfinite_streak >= self.cfg.train.max_nonfinite:
+            self.state.nonfinite_streak = 0  # resuming the stopped state: a fresh allowance, not one more NaN step
+        return self.resumed
+
+    def _log_config_changes(self) -> None:
+        """What this resume changed (train.resume: keys that may change) — on stdout and as a metrics event."""
+        if self.resumed is None or not self.resumed.changes:
+            return
+        if self.dist.is_main:
+            print(f"step {self.state.step}: resumed with changes: {', '.join(self.resumed.changes)}", flush=True)
+        self.logger.event({"step": self.state.step, "event": "config_change", "changes": self.resumed.changes})

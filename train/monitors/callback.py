@@ -17,6 +17,8 @@ from train.monitors.alarms import Alarm, Alarms
 from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
 from train.monitors.config import MonitorConfig
 
+ROLLBACK_ALARMS = ("loss_spike",)  # alarms that pin the checkpoint before them (Trainer.mark_rollback)
+
 
 class MonitorCallback(Callback):
     def __init__(self, cfg: MonitorConfig) -> None:
@@ -79,9 +81,11 @@ class MonitorCallback(Callback):
         self.events.append(alarm)
         print(alarm.message(), file=sys.stderr, flush=True)
         trainer.logger.event(alarm.record())
+        # A loss spike keeps the way back: the checkpoint before it is pinned, and stopping on it rolls back there.
+        rollback = alarm.alarm in ROLLBACK_ALARMS and trainer.mark_rollback(alarm.step, alarm.alarm) is not None
         if self.cfg.on_alarm == "stop":
             trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
-                                 f"> {alarm.threshold:.4g} at step {alarm.step}")
+                                 f"> {alarm.threshold:.4g} at step {alarm.step}", roll_back=rollback)
 
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
