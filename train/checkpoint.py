@@ -32,6 +32,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -146,7 +147,7 @@ def _publish(tmp: Path, step: int, keep: int) -> Path:
     rejected = [newer for newer in list_checkpoints(root.parent) if _step_of(newer) > step]
     pins = read_pins(root.parent) if rejected else None
     if pins is not None:  # a pin on the abandoned timeline must not pin a new checkpoint of the same step
-        _write_pins(root.parent, {s: why for s, why in pins.items() if s <= step})
+        _write_pins(root.parent, {s: pin for s, pin in pins.items() if s <= step})
     for newer in rejected:
         os.rename(newer, root / f"{_REJECTED}{newer.name}-{os.getpid()}")
     old = root / f".old-{_PREFIX}{step:06d}-{os.getpid()}"
@@ -186,15 +187,22 @@ def _pins_path(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / PINS
 
 
-def read_pins(run_dir: Path) -> dict[int, str] | None:
-    """``{step: why}`` of the pinned checkpoints (``{}`` when none; None, with a warning, when pins.json is corrupt)."""
+@dataclass(frozen=True)
+class Pin:
+    """Why a checkpoint is pinned: ``why`` (an alarm name, "non-finite loss or gradient") happened at step ``at``."""
+
+    why: str
+    at: int
+
+
+def read_pins(run_dir: Path) -> dict[int, Pin] | None:
+    """``{checkpoint step: Pin}`` (``{}`` when none; None, with a warning, when pins.json is corrupt)."""
     path = _pins_path(run_dir)
     try:
-        pins = json.loads(path.read_text())
-        return {int(step): str(why) for step, why in pins.items()}
+        return {int(step): Pin(str(pin["why"]), int(pin["at"])) for step, pin in json.loads(path.read_text()).items()}
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
         warnings.warn(f"{path} is unreadable: no checkpoint is pruned until it is fixed or removed", stacklevel=2)
         return None
 
@@ -214,15 +222,25 @@ def pin_before(run_dir: Path, step: int, why: str, keep_pinned: int) -> int | No
     target, pins = _newest_before(run_dir, step), read_pins(run_dir)
     if target is None or pins is None:
         return None
-    pins.setdefault(target, f"{why} at step {step}")
+    pins.setdefault(target, Pin(why, step))
     _write_pins(run_dir, {s: pins[s] for s in sorted(pins)[-keep_pinned:]})
     return target
 
 
-def _write_pins(run_dir: Path, pins: dict[int, str]) -> None:
+def rollback_point(run_dir: Path, step: int, window: int) -> int | None:
+    """Where a run that diverged at step ``step`` rolls back to: the checkpoint pinned before the *earliest* spike or
+    non-finite step within the last ``window`` steps — a loss spike a few steps before a non-finite streak is the
+    same incident, and the checkpoint before the streak already holds the damage (the runs of issue 22 did)."""
+    pins = read_pins(run_dir) or {}
+    recent = [s for s, pin in pins.items() if step - window <= pin.at <= step]
+    return min(recent) if recent else None
+
+
+def _write_pins(run_dir: Path, pins: dict[int, Pin]) -> None:
     path = _pins_path(run_dir)
     if pins:
-        write_atomic(path, json.dumps({str(s): why for s, why in sorted(pins.items())}, indent=1).encode())
+        data = {str(s): dataclasses.asdict(pin) for s, pin in sorted(pins.items())}
+        write_atomic(path, json.dumps(data, indent=1).encode())
     elif path.exists():
         path.unlink()
 
@@ -465,6 +483,11 @@ class Checkpointer:
         if self.env.is_main:
             return pin_before(self.run_dir, step, why, self.keep_pinned)
         return _newest_before(self.run_dir, step)  # rank 0 writes pins.json
+
+    def roll_back_on_resume(self, step: int, window: int) -> int | None:
+        """The run diverged at ``step``: checkpoints saved from now on send a plain resume to the rollback point."""
+        self.rollback_to = rollback_point(self.run_dir, step, window)
+        return self.rollback_to
 
     def resume(self, step: int | None = None) -> Resumed:
         """Load checkpoint ``step`` (None: the newest valid one, or the checkpoint it says to roll back to); a

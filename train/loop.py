@@ -86,7 +86,6 @@ class Trainer:
                                                   self.dist.rank, self.dist.world_size)
         self.state = TrainState()
         self.stop_reason: str | None = None
-        self.rollback_point: int | None = None  # the pinned checkpoint a divergence would roll back to
         self.resumed: Resumed | None = None
         self.logger = MetricsLogger.for_run(cfg, self.run_dir, self.dist)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
@@ -100,16 +99,15 @@ class Trainer:
         if self.stop_reason is None:
             self.stop_reason = reason
             if roll_back:
-                self.checkpointer.rollback_to = self.rollback_point
+                window = max(self.cfg.monitor.spike_window, self.cfg.train.max_nonfinite)  # at least the streak
+                self.checkpointer.roll_back_on_resume(self.state.step, window)
 
     def mark_rollback(self, step: int, why: str) -> int | None:
-        """Pin the newest checkpoint older than the weights that produced step ``step``'s metrics and make it the
-        rollback point (for alarms: call on a spike or divergence at ``step``; then ``request_stop(…, roll_back=True)``
-        to stop there). Returns the pinned step, None when no checkpoint precedes it."""
-        pinned = self.checkpointer.pin_before(step, why)
-        if pinned is not None:
-            self.rollback_point = pinned
-        return pinned
+        """For alarms: pin the newest checkpoint older than the weights that produced step ``step``'s metrics as a
+        rollback point; a divergence stop (``request_stop(…, roll_back=True)``) sends ``--resume`` to the earliest
+        such point within ``monitor.spike_window`` steps (:func:`train.checkpoint.rollback_point`). Returns the pinned
+        step, None when no checkpoint precedes it."""
+        return self.checkpointer.pin_before(step, why)
 
     # The trainer is one of the checkpointed Stateful objects: its counters.
     def state_dict(self) -> dict[str, Any]:
@@ -253,6 +251,7 @@ class Trainer:
         """What this resume changed (train.resume: keys that may change) — on stdout and as a metrics event."""
         if self.resumed is None or not self.resumed.changes:
             return
+        first = self.state.step + 1  # logged at the first step that trains with them: a rollback past it drops it
         if self.dist.is_main:
-            print(f"step {self.state.step}: resumed with changes: {', '.join(self.resumed.changes)}", flush=True)
-        self.logger.event({"step": self.state.step, "event": "config_change", "changes": self.resumed.changes})
+            print(f"resumed with changes from step {first} on: {', '.join(self.resumed.changes)}", flush=True)
+        self.logger.event({"step": first, "event": "config_change", "changes": self.resumed.changes})

@@ -16,6 +16,8 @@ a new config key cannot be added without deciding what a resume does with it.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -93,13 +95,35 @@ def rule(key: str) -> tuple[OnResume, str]:
 
 
 def differences(saved: Any, current: Any, key: str = "") -> list[ConfigChange]:
-    """Every differing leaf key of two config dicts, in key order (a section present on one side only is one key)."""
+    """Every differing leaf key of two config dicts, in key order (a section present on one side only is one key).
+
+    A key the checkpoint's config lacks (it predates the key) counts as the key's default: the behaviour the
+    checkpoint was trained with."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out: list[ConfigChange] = []
         for k in sorted(set(saved) | set(current)):
-            out += differences(saved.get(k), current.get(k), f"{key}.{k}" if key else k)
+            sub = f"{key}.{k}" if key else k
+            out += differences(saved[k] if k in saved else _default(sub), current.get(k), sub)
         return out
     return [] if _same(saved, current) else [ConfigChange(key, saved, current)]
+
+
+def _default(key: str) -> Any:
+    """The dataclass default of a dotted key of RunConfig (None when it has none, or is an unset optional)."""
+    from train.config import RunConfig
+
+    cls: Any = RunConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        hint = typing.get_type_hints(cls).get(section)
+        inner = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]
+        if not inner:
+            return None
+        cls = inner[0]
+    found = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    if found is None or found.default_factory is not dataclasses.MISSING:  # a section: compared key by key
+        return None
+    return None if found.default is dataclasses.MISSING else found.default
 
 
 def _same(a: Any, b: Any) -> bool:

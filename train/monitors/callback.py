@@ -82,10 +82,12 @@ class MonitorCallback(Callback):
         print(alarm.message(), file=sys.stderr, flush=True)
         trainer.logger.event(alarm.record())
         # A loss spike keeps the way back: the checkpoint before it is pinned, and stopping on it rolls back there.
-        rollback = alarm.alarm in ROLLBACK_ALARMS and trainer.mark_rollback(alarm.step, alarm.alarm) is not None
+        if alarm.alarm in ROLLBACK_ALARMS:
+            trainer.mark_rollback(alarm.step, alarm.alarm)
         if self.cfg.on_alarm == "stop":
             trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
-                                 f"> {alarm.threshold:.4g} at step {alarm.step}", roll_back=rollback)
+                                 f"> {alarm.threshold:.4g} at step {alarm.step}",
+                                 roll_back=alarm.alarm in ROLLBACK_ALARMS)
 
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
