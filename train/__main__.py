@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from hyperp.errors import ConfigError
-from train.cli import EXIT_USAGE, run_cli, utf8_path
+from train.cli import EXIT_USAGE, output_dir, run_cli, utf8_path
 
 EXIT_STOPPED = 3  # the run stopped early (non-finite steps, an alarm, SIGTERM) after saving a checkpoint
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), after saving a checkpoint when training had started
@@ -74,8 +74,7 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """Fail before any work when --out cannot hold this run (checked again under the run's lock)."""
     from train.checkpoint import list_checkpoints
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} exists and is not a directory")
+    output_dir("--out", run_dir)
     limit = _path_limit(run_dir)
     if len(os.fsencode(run_dir)) + _LONGEST_INSIDE > limit:
         raise ConfigError(f"--out {str(run_dir)[:60]}… is {len(os.fsencode(run_dir))} bytes long: with the paths a "
@@ -108,7 +107,7 @@ def run(argv: list[str] | None = None) -> Path:
     if args.stop_after is not None and args.stop_after < 1:
         raise ConfigError(f"--stop-after={args.stop_after} must be >= 1")
     cfg = _load(args)
-    run_dir = utf8_path("--out", args.out) if args.out else Path("runs") / cfg.name
+    run_dir = output_dir("--out", args.out) if args.out else Path("runs") / cfg.name
     _check_run_dir(run_dir, args.resume)
     env = distributed.init(cfg)  # torchrun: process group, rank, world size; plain run: inactive, one rank
     device = run_device(cfg, env)

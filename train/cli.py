@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback. Warnings (e.g. a skipped corrupt
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 from hyperp.errors import ConfigError, HyperpError
 
 EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system, memory
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the disk (or a limit) refuses more bytes
 
 
 def error_line(err: BaseException) -> str | None:
@@ -26,7 +28,8 @@ def error_line(err: BaseException) -> str | None:
         return str(err)
     if isinstance(err, OSError):
         where = f" {os.fsdecode(err.filename)}" if err.filename else ""
-        return f"cannot access{where}: {err.strerror or err}"
+        verb = "cannot write" if err.errno in _FULL else "cannot access"
+        return f"{verb}{where}: {err.strerror or err}"
     if is_out_of_memory(err):
         return out_of_memory_message(err)
     return None
@@ -61,3 +64,11 @@ def utf8_path(flag: str, value: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"{flag} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; choose a UTF-8 "
                           "name") from None
     return Path(text)
+
+
+def output_dir(flag: str, value: str | os.PathLike[str]) -> Path:
+    """A directory argument a tool will write into: valid UTF-8, and not an existing file."""
+    path = utf8_path(flag, value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory")
+    return path
