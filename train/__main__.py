@@ -150,15 +150,13 @@ def _write_run_files(cfg, run_dir: Path, tokenizer, resumed: bool) -> None:
     from train.config import dump_toml
     from train.errors import naming
 
+    directory = run_dir / "tokenizer"
+    if tokenizer is not None and resumed and directory.is_dir():
+        _check_same_tokenizer(tokenizer, directory)  # before anything is written: a mismatch changes nothing
     with naming(run_dir / "config.toml"):
         write_atomic(run_dir / "config.toml", dump_toml(cfg).encode())
-    if tokenizer is None:
-        return
-    directory = run_dir / "tokenizer"
-    with naming(directory):
-        if resumed and directory.is_dir():
-            _check_same_tokenizer(tokenizer, directory)
-        else:
+    if tokenizer is not None and not (resumed and directory.is_dir()):
+        with naming(directory):
             _save_tokenizer(tokenizer, directory)
 
 

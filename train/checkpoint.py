@@ -149,7 +149,7 @@ def _publish(tmp: Path, step: int, keep: int) -> Path:
     if pins is not None:  # a pin on the abandoned timeline must not pin a new checkpoint of the same step
         _write_pins(root.parent, {s: pin for s, pin in pins.items() if s <= step})
     for newer in rejected:
-        os.rename(newer, root / f"{_REJECTED}{newer.name}-{os.getpid()}")
+        os.rename(newer, _unused(root / f"{_REJECTED}{newer.name}-{os.getpid()}"))
     old = root / f".old-{_PREFIX}{step:06d}-{os.getpid()}"
     if final.exists():  # re-saving the same step (e.g. stop right after a periodic save): swap, then delete
         os.rename(final, old)
@@ -158,6 +158,15 @@ def _publish(tmp: Path, step: int, keep: int) -> Path:
     shutil.rmtree(old, ignore_errors=True)
     _prune(root, keep)
     return final
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-1``, ``path-2``…: a step can be abandoned twice by one process (two rollbacks past it)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -224,11 +224,20 @@ def test_alarm_state_round_trips_for_exact_resume(tmp_path: Path) -> None:
 
 
 class _FakeTrainer:
+    """The trainer API the monitors call: stop requests and rollback points (train.loop.Trainer)."""
+
     def __init__(self, callbacks: list[Callback], logger: MetricsLogger) -> None:
         self.callbacks, self.logger, self.stop_reason = callbacks, logger, None
+        self.rollback_marks: list[tuple[int, str]] = []
+        self.roll_back: bool | None = None
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, roll_back: bool = False) -> None:
         self.stop_reason = self.stop_reason or reason
+        self.roll_back = roll_back
+
+    def mark_rollback(self, step: int, why: str) -> int | None:
+        self.rollback_marks.append((step, why))
+        return None
 
 
 @pytest.mark.parametrize("on_alarm", ["warn", "stop"])
@@ -244,6 +253,8 @@ def test_alarm_is_printed_logged_and_stops_when_asked(tmp_path: Path, capsys, on
     assert records[0]["step"] == 41 and records[0]["value"] == 50.0 and records[0]["threshold"] < 50
     assert "ALARM loss_spike" in capsys.readouterr().err
     assert (trainer.stop_reason is not None) == (on_alarm == "stop")
+    assert trainer.rollback_marks == [(41, "loss_spike")]  # the checkpoint before the spike is kept as a way back
+    assert trainer.roll_back == (True if on_alarm == "stop" else None)  # stopping on it sends --resume there
 
 
 # ---------------------------------------------------------------------------------------------- in a real run
