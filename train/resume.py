@@ -41,7 +41,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "name": (C, "labels the logs"),
     **{f"model.{k}": (M, _WEIGHTS) for k in (
         "vocab_size", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden", "max_seq_len",
-        "tie_embeddings", "rope_theta", "norm_eps", "parameterization", "residual_multiplier", "init_std",
+        "tie_embeddings", "rope_theta", "norm_eps", "qk_norm", "parameterization", "residual_multiplier", "init_std",
         "embed_init_std", "head_init_std", "moe", "decoder_sparse_step", "mlp_only_layers")},
     **{f"model.moe.{k}": (M, _WEIGHTS) for k in (
         "num_experts", "top_k", "expert_hidden", "shared_expert", "shared_hidden", "gate", "shared_mix", "balance")},
@@ -50,8 +50,12 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "model.moe.global_aux": (C, "how the balance loss is averaged"),
     "model.moe.backend": (C, "how experts are dispatched; same numbers"),
     "model.moe.bias_rate": (C, "step size of the balance bias update"),
-    **{f"data.{k}": (M, _DATA) for k in ("corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator")},
+    **{f"data.{k}": (M, _DATA) for k in (
+        "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "decode_errors",
+        "sources.corpus", "sources.name", "sources.path", "sources.weight")},  # data.sources itself: MATCH (rule())
+    "data.prefetch": (C, "batches built ahead on a thread: the same batches"),
     "data.cache_dir": (C, "where the token cache lives; the tokenizer is checked against the run's saved copy"),
+    "data.repeat_token_at": (C, "a fault-injection hook read at the listed steps only"),
     "data.seed": (C, "the order of training windows: change it to reshuffle past a bad batch"),
     "optim.name": (F, _OPT_STATE),
     "optim.expert_sphere": (F, _OPT_STATE),
