@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -116,6 +117,13 @@ def test_tune_picks_the_most_sensitive_silent_threshold() -> None:
             "stable": monitored({s: 2.5 for s in range(60, 81)}, {}, 80)}
     cfg = tune(runs, {"z_growth": [10.0, 2.0, 5.0, 3.0]}, alarm_starts=[62, 50], base=QUIET, rule=RULE)
     assert (cfg.z_growth, cfg.alarm_start) == (3.0, 50)
+    # the widest margin that loses no warning: stable 1.5×, failing 6× → 2, 3 and 5 all warn it and stay silent
+    wide = {"failing": monitored({s: 6.0 for s in range(60, 81)}, {70: math.nan}, 80),
+            "stable": monitored({s: 1.5 for s in range(60, 81)}, {}, 80)}
+    assert tune(wide, {"z_growth": [2.0, 3.0, 5.0, 10.0]}, alarm_starts=[50], base=QUIET, rule=RULE).z_growth == 5.0
+    # nothing to warn: the base value stays when it is silent
+    calm = {"stable": wide["stable"]}
+    assert tune(calm, {"z_growth": [2.0, 10.0]}, alarm_starts=[50], base=replace(QUIET, z_growth=10.0)).z_growth == 10.0
     # a family no candidate keeps silent is switched off (0), never left at a value that cries wolf
     cfg = tune(runs, {"z_growth": [2.0]}, alarm_starts=[50], base=QUIET, rule=RULE)
     assert cfg.z_growth == 0.0

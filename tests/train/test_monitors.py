@@ -257,6 +257,17 @@ def test_alarm_is_printed_logged_and_stops_when_asked(tmp_path: Path, capsys, on
     assert trainer.roll_back == (True if on_alarm == "stop" else None)  # stopping on it sends --resume there
 
 
+def test_an_early_warning_alarm_pins_the_checkpoint_before_it(tmp_path: Path) -> None:
+    """Issue 26: a growth alarm, not only a loss spike, marks the rollback point (pinned before its step)."""
+    (cb,) = monitor_callbacks(MonitorConfig(every=10, spike_sigma=0.0, alarm_start=10, z_growth=10.0))
+    logger = MetricsLogger(tmp_path / "metrics.jsonl", every=1, last_step=100)
+    trainer = _FakeTrainer([cb], logger)
+    for step in range(10, 30, 2):  # z at 1.0 from step 10 (the baseline), 11.0 (> 10 × 1.0) from step 24
+        cb.on_step_end(trainer, step, {"monitor/z_attn/layer_00": 11.0 if step >= 24 else 1.0})
+    logger.close()
+    assert trainer.rollback_marks == [(24, "z_growth")] and trainer.stop_reason is None
+
+
 # ---------------------------------------------------------------------------------------------- in a real run
 
 

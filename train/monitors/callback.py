@@ -17,8 +17,6 @@ from train.monitors.alarms import Alarm, Alarms
 from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
 from train.monitors.config import MonitorConfig
 
-ROLLBACK_ALARMS = ("loss_spike",)  # alarms that pin the checkpoint before them (Trainer.mark_rollback)
-
 
 class MonitorCallback(Callback):
     def __init__(self, cfg: MonitorConfig) -> None:
@@ -81,13 +79,13 @@ class MonitorCallback(Callback):
         self.events.append(alarm)
         print(alarm.message(), file=sys.stderr, flush=True)
         trainer.logger.event(alarm.record())
-        # A loss spike keeps the way back: the checkpoint before it is pinned, and stopping on it rolls back there.
-        if alarm.alarm in ROLLBACK_ALARMS:
-            trainer.mark_rollback(alarm.step, alarm.alarm)
+        # Every alarm keeps the way back: the checkpoint before it is pinned, so a divergence that follows within
+        # monitor.spike_window steps rolls back to before the first warning (the growth, outlier and expert alarms
+        # come before the failure: benchmarks/results/instability.md), and stopping on an alarm rolls back there.
+        trainer.mark_rollback(alarm.step, alarm.alarm)
         if self.cfg.on_alarm == "stop":
             trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
-                                 f"> {alarm.threshold:.4g} at step {alarm.step}",
-                                 roll_back=alarm.alarm in ROLLBACK_ALARMS)
+                                 f"> {alarm.threshold:.4g} at step {alarm.step}", roll_back=True)
 
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

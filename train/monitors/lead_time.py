@@ -7,8 +7,9 @@ a run applies —, :func:`first_alarms` keeps the first alarm of each family and
 lead = failure step − alarm step, > 0 a warning *before* the failure, 0 an alarm *with* it, < 0 one after it.
 Every alarm in a run that does not fail is a false alarm (:func:`false_alarms`).
 
-:func:`tune` picks, per family, the most sensitive threshold that stays silent on the stable runs it is given, for
-each candidate ``alarm_start``, and keeps the ``alarm_start`` that warns the most failures earliest.
+:func:`tune` picks, per family, a threshold that stays silent on the stable runs it is given — the widest margin that
+loses no warning —, for each candidate ``alarm_start``, and keeps the ``alarm_start`` that warns the most failures
+earliest.
 """
 
 from __future__ import annotations
@@ -158,24 +159,43 @@ def _only(cfg: MonitorConfig, family: str, threshold: float) -> MonitorConfig:
     return dataclasses.replace(cfg, **off)
 
 
+def _warned(runs: Mapping[str, Records], failures: Mapping[str, Failure], cfg: MonitorConfig,
+            families: Sequence[str]) -> frozenset[str]:
+    """The failing runs in which one of ``families`` alarms strictly before the failure step."""
+    return frozenset(n for n, f in failures.items()
+                     if any(a.alarm in families and a.step < f.step for a in replay(runs[n], cfg)))
+
+
 def tune(runs: Mapping[str, Records], grid: Mapping[str, Sequence[float]], alarm_starts: Sequence[int],
          base: MonitorConfig = MonitorConfig(), rule: FailureRule = FailureRule()) -> MonitorConfig:
     """The monitor config that, on ``runs``, raises no false alarm and warns the most failures, earliest.
 
-    Families are independent given ``alarm_start`` (each alarm reads its own metrics), so each threshold field in
-    ``grid`` (candidates, any order) gets the most sensitive value with no alarm on the stable runs; the spike
-    families share ``spike_sigma``, which must be silent for both. ``alarm_start`` then maximizes (failures warned
-    strictly before, sum of the earliest lead per failure)."""
-    stable = {n: r for n, r in runs.items() if failure_step(r, rule) is None}
+    Families are independent given ``alarm_start`` (each alarm reads its own metrics; the spike families share
+    ``spike_sigma``), so each threshold field of ``grid`` is chosen alone among its *silent* candidates (no alarm
+    in a stable run): the largest one that still warns every failure the most sensitive silent one warns — the
+    widest margin from the stable runs at no loss of coverage. A family that warns no failure keeps ``base``'s value
+    when that is silent; one that no candidate keeps silent is switched off (0). ``alarm_start`` (tried in order,
+    ties keep the first) then maximizes (failures warned, sum of each failure's earliest lead).
+    """
+    failures = {n: f for n, r in runs.items() if (f := failure_step(r, rule)) is not None}
+    stable = {n: r for n, r in runs.items() if n not in failures}
     best: tuple[tuple[int, int], MonitorConfig] | None = None
     for start in alarm_starts:
         cfg = dataclasses.replace(base, alarm_start=start)
         chosen: dict[str, float] = {}
         for field, candidates in grid.items():
             families = [f for f, fld in THRESHOLD_FIELD.items() if fld == field]
-            silent = [v for v in candidates if not any(
-                a.alarm in families for records in stable.values() for a in replay(records, _only(cfg, families[0], v)))]
-            chosen[field] = min(silent) if silent else 0.0  # lower = more sensitive; 0 disables a family
+            alone = {v: _only(cfg, families[0], v) for v in candidates}
+            silent = sorted(v for v in candidates
+                            if not any(a.alarm in families for r in stable.values() for a in replay(r, alone[v])))
+            if not silent:
+                chosen[field] = 0.0
+                continue
+            target = _warned(runs, failures, alone[silent[0]], families)
+            if not target and getattr(base, field) in silent:
+                chosen[field] = getattr(base, field)
+            else:
+                chosen[field] = max(v for v in silent if _warned(runs, failures, alone[v], families) == target)
         cfg = dataclasses.replace(cfg, **chosen)
         outcomes = [o for o in evaluate(runs, cfg, rule) if o.failure]
         score = (sum(o.warned for o in outcomes), sum(max([0, *o.leads.values()]) for o in outcomes))
