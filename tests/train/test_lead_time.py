@@ -63,6 +63,9 @@ def test_maxvio_must_stay_above_the_bound_for_m_steps() -> None:
     assert failure_step(run(range(30, 50)), RULE) == Failure(30, "MaxVio > 2 for 20 steps")  # dated at its start
     gap = [(s, {"moe/maxvio": 0.3 if s == 40 else 2.5}) for s in range(30, 70)]
     assert failure_step(gap, RULE).step == 41  # the streak restarts after the dip
+    # per-layer values: the worst layer counts (layer_01 collapsed at 2.5, layer_00 at 0.3, their mean 1.4)
+    layers = [(s, {"moe/maxvio": 1.4, "moe/maxvio/layer_00": 0.3, "moe/maxvio/layer_01": 2.5}) for s in range(5, 30)]
+    assert failure_step(layers, RULE).step == 5
 
 
 def monitored(z: dict[int, float], loss: dict[int, float], steps: int) -> list[tuple[int, dict[str, float]]]:

@@ -38,8 +38,9 @@ class FailureRule:
     - ``train/loss`` non-finite (the loop skips such steps; ``train.max_nonfinite`` in a row stop the run);
     - ``train/loss`` > ``loss_factor`` × the mean of the previous ``window`` losses: a spike or a divergence, not the
       noise of a falling curve (a batch-to-batch spread of a few % on these presets);
-    - ``moe/maxvio`` > ``maxvio_bound`` for ``maxvio_steps`` steps in a row (dated at the first of them): routing
-      collapsed onto a few experts and stays there (DeepSeek-V3's MaxVio = max load / mean load − 1).
+    - MaxVio of the worst MoE layer (``moe/maxvio/layer_XX``; ``moe/maxvio`` without them) > ``maxvio_bound`` for
+      ``maxvio_steps`` steps in a row (dated at the first of them): routing collapsed onto a few experts and stays
+      there (DeepSeek-V3's MaxVio = max load / mean load − 1; top-k of E experts collapsed onto k reads E/k − 1).
     """
 
     loss_factor: float = 1.5
@@ -85,7 +86,7 @@ def failure_step(records: Records, rule: FailureRule = FailureRule()) -> Failure
             if len(recent) == rule.window and loss > rule.loss_factor * statistics.fmean(recent):
                 return Failure(step, f"loss {loss:.3g} > {rule.loss_factor:g} × mean of the last {rule.window}")
             losses.append(loss)
-        maxvio = metrics.get("moe/maxvio")
+        maxvio = _worst_maxvio(metrics)
         if maxvio is not None:
             if maxvio > rule.maxvio_bound:
                 maxvio_from = step if maxvio_run == 0 else maxvio_from
@@ -95,6 +96,13 @@ def failure_step(records: Records, rule: FailureRule = FailureRule()) -> Failure
             else:
                 maxvio_run = 0
     return None
+
+
+def _worst_maxvio(metrics: Mapping[str, float]) -> float | None:
+    """The step's MaxVio of its worst MoE layer (``moe/maxvio`` alone averages the layers: one collapsed layer of
+    two would read half as bad)."""
+    layers = [v for k, v in metrics.items() if k.startswith("moe/maxvio/layer_")]
+    return max(layers) if layers else metrics.get("moe/maxvio")
 
 
 def replay(records: Records, cfg: MonitorConfig) -> list[Alarm]:
