@@ -28,7 +28,7 @@ from train.monitors.lead_time import (
 RULE = FailureRule(loss_factor=1.5, window=20, maxvio_bound=2.0, maxvio_steps=20)
 # Only the rules a test needs: spikes off unless asked (spike_sigma=0), growth/thresholds set per test.
 QUIET = MonitorConfig(alarm_start=50, spike_sigma=0.0, z_growth=0.0, rms_growth=0.0, outlier_frac=0.0,
-                      expert_max_mean=0.0)
+                      expert_max_mean=0.0, attn_logit_max=0.0)
 
 
 def losses(values: dict[int, float], steps: int) -> list[tuple[int, dict[str, float]]]:
@@ -130,6 +130,27 @@ def test_tune_picks_the_most_sensitive_silent_threshold() -> None:
     # a family no candidate keeps silent is switched off (0), never left at a value that cries wolf
     cfg = tune(runs, {"z_growth": [2.0]}, alarm_starts=[50], base=QUIET, rule=RULE)
     assert cfg.z_growth == 0.0
+
+
+def test_known_failures_and_the_runs_that_must_stay_silent() -> None:
+    # an injected fault at step 66 fails the run there, whatever the rule says; the z alarm at 60 leads it by 6
+    records = monitored({s: 4.0 for s in range(60, 81)}, {}, 80)
+    cfg = replace(QUIET, z_growth=3.0)
+    (outcome,) = evaluate({"bad": records}, cfg, RULE, known={"bad": Failure(66, "injected")})
+    assert outcome.failure == Failure(66, "injected") and outcome.leads == {"z_growth": 6}
+    # a run that did not fail but is not among the stable runs does not silence a candidate
+    runs = {"failing": records, "undecided": monitored({s: 2.5 for s in range(60, 81)}, {}, 80)}
+    known = {"failing": Failure(66, "injected")}
+    assert tune(runs, {"z_growth": [2.0, 10.0]}, [50], QUIET, RULE, known, stable=[]).z_growth == 2.0
+    assert tune(runs, {"z_growth": [2.0, 10.0]}, [50], QUIET, RULE, known).z_growth == 10.0
+
+
+def test_attn_logit_alarm_is_absolute_from_alarm_start() -> None:
+    # max q·k/√d above 30 from alarm_start 50 on: the 40 at step 40 is before it, the 31 at 52 fires, 29 at 54 clears
+    records = [(s, {"monitor/attn_logit_max/layer_01": v}) for s, v in ((40, 40.0), (50, 5.0), (52, 31.0),
+                                                                           (54, 29.0), (56, 35.0))]
+    alarms = replay(records, replace(QUIET, attn_logit_max=30.0))
+    assert [(a.step, a.alarm, a.threshold) for a in alarms] == [(52, "attn_logit", 30.0), (56, "attn_logit", 30.0)]
 
 
 def test_step_records_merge_a_step_and_skip_events(tmp_path) -> None:

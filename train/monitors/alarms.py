@@ -18,7 +18,7 @@ from train.monitors.config import MonitorConfig
 @dataclass
 class Alarm:
     step: int
-    alarm: str  # loss_spike | grad_norm_spike | z_growth | rms_growth | outlier_frac | expert_imbalance
+    alarm: str  # loss_spike | grad_norm_spike | z_growth | rms_growth | outlier_frac | expert_imbalance | attn_logit
     metric: str
     value: float
     threshold: float
@@ -65,6 +65,7 @@ _RULES = (
     ("rms_growth", "monitor/rms/*", "growth", "rms_growth"),
     ("outlier_frac", "monitor/outlier_frac/*", "above", "outlier_frac"),
     ("expert_imbalance", "monitor/expert_load/max_mean/*", "above", "expert_max_mean"),
+    ("attn_logit", "monitor/attn_logit_max/*", "above", "attn_logit_max"),
 )
 SPIKE_METRICS = {"train/loss": "loss_spike", "train/grad_norm": "grad_norm_spike"}
 

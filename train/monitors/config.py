@@ -33,6 +33,11 @@ class MonitorConfig:
     rms_growth: float = 10.0  # an output RMS (monitor/rms/*) above this factor × its first monitored value
     outlier_frac: float = 0.01  # fraction of |x| > 6·RMS (monitor/outlier_frac/*); a Gaussian gives 2e-9
     expert_max_mean: float = 3.0  # tokens of the busiest expert / mean tokens per expert, per MoE layer
+    # Max attention logit q·k/√d of any layer (monitor/attn_logit_max/*), absolute: it warns before a high-lr
+    # failure where the growth alarms cannot (the logits have grown before alarm_start fixes their baseline;
+    # benchmarks/results/instability.md). With qk-norm it is ≤ √d·g_q·g_k (≈ 6 at head_dim 32 with unit gains);
+    # Kimi K2's QK-clip caps it at 100.
+    attn_logit_max: float = 30.0
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -41,6 +46,6 @@ class MonitorConfig:
         for name in ("sample_tokens", "spike_window", "spike_min_history", "alarm_start"):
             if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
-        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean"):
+        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "attn_logit_max"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be >= 0 (0 disables the alarm)")

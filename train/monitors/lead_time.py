@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from train.monitors.alarms import Alarm, Alarms
 from train.monitors.config import MonitorConfig
 
 Records = list[tuple[int, dict[str, float]]]  # (step, that step's metrics), steps increasing
-FAMILIES = ("loss_spike", "grad_norm_spike", "z_growth", "rms_growth", "outlier_frac", "expert_imbalance")
+FAMILIES = ("loss_spike", "grad_norm_spike", "z_growth", "attn_logit", "rms_growth", "outlier_frac", "expert_imbalance")
 # Which MonitorConfig field sets each family's threshold (the spike families share spike_sigma).
 THRESHOLD_FIELD = {"loss_spike": "spike_sigma", "grad_norm_spike": "spike_sigma", "z_growth": "z_growth",
-                   "rms_growth": "rms_growth", "outlier_frac": "outlier_frac", "expert_imbalance": "expert_max_mean"}
+                   "rms_growth": "rms_growth", "outlier_frac": "outlier_frac", "expert_imbalance": "expert_max_mean",
+                   "attn_logit": "attn_logit_max"}
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,18 @@ class Outcome:
         return 0 if self.failure else len(self.first)
 
 
-def evaluate(runs: Mapping[str, Records], cfg: MonitorConfig, rule: FailureRule = FailureRule()) -> list[Outcome]:
-    return [Outcome(name, failure_step(records, rule), first_alarms(replay(records, cfg)))
-            for name, records in runs.items()]
+def failures_of(runs: Mapping[str, Records], rule: FailureRule = FailureRule(),
+                known: Mapping[str, Failure] | None = None) -> dict[str, Failure | None]:
+    """Each run's failure: a ``known`` one (an injected fault at a step the experiment chose, e.g. a bad batch:
+    nothing can precede it, so an alarm *with* it is the best possible) wins over the rule's."""
+    known = known or {}
+    return {n: known.get(n) or failure_step(r, rule) for n, r in runs.items()}
+
+
+def evaluate(runs: Mapping[str, Records], cfg: MonitorConfig, rule: FailureRule = FailureRule(),
+             known: Mapping[str, Failure] | None = None) -> list[Outcome]:
+    failures = failures_of(runs, rule, known)
+    return [Outcome(name, failures[name], first_alarms(replay(records, cfg))) for name, records in runs.items()]
 
 
 def _only(cfg: MonitorConfig, family: str, threshold: float) -> MonitorConfig:
@@ -175,7 +185,8 @@ def _warned(runs: Mapping[str, Records], failures: Mapping[str, Failure], cfg: M
 
 
 def tune(runs: Mapping[str, Records], grid: Mapping[str, Sequence[float]], alarm_starts: Sequence[int],
-         base: MonitorConfig = MonitorConfig(), rule: FailureRule = FailureRule()) -> MonitorConfig:
+         base: MonitorConfig = MonitorConfig(), rule: FailureRule = FailureRule(),
+         known: Mapping[str, Failure] | None = None, stable: Collection[str] | None = None) -> MonitorConfig:
     """The monitor config that, on ``runs``, raises no false alarm and warns the most failures, earliest.
 
     Families are independent given ``alarm_start`` (each alarm reads its own metrics; the spike families share
@@ -183,10 +194,12 @@ def tune(runs: Mapping[str, Records], grid: Mapping[str, Sequence[float]], alarm
     in a stable run): the largest one that still warns every failure the most sensitive silent one warns — the
     widest margin from the stable runs at no loss of coverage. A family that warns no failure keeps ``base``'s value
     when that is silent; one that no candidate keeps silent is switched off (0). ``alarm_start`` (tried in order,
-    ties keep the first) then maximizes (failures warned, sum of each failure's earliest lead).
+    ties keep the first) then maximizes (failures warned, sum of each failure's earliest lead). ``stable``: the runs
+    that must stay silent (default: every run that does not fail; a run driven at a failure that did not come may
+    rightly alarm).
     """
-    failures = {n: f for n, r in runs.items() if (f := failure_step(r, rule)) is not None}
-    stable = {n: r for n, r in runs.items() if n not in failures}
+    failures = {n: f for n, f in failures_of(runs, rule, known).items() if f is not None}
+    quiet = {n: r for n, r in runs.items() if n not in failures and (stable is None or n in stable)}
     best: tuple[tuple[int, int], MonitorConfig] | None = None
     for start in alarm_starts:
         cfg = dataclasses.replace(base, alarm_start=start)
@@ -195,7 +208,7 @@ def tune(runs: Mapping[str, Records], grid: Mapping[str, Sequence[float]], alarm
             families = [f for f, fld in THRESHOLD_FIELD.items() if fld == field]
             alone = {v: _only(cfg, families[0], v) for v in candidates}
             silent = sorted(v for v in candidates
-                            if not any(a.alarm in families for r in stable.values() for a in replay(r, alone[v])))
+                            if not any(a.alarm in families for r in quiet.values() for a in replay(r, alone[v])))
             if not silent:
                 chosen[field] = 0.0
                 continue
@@ -205,7 +218,7 @@ def tune(runs: Mapping[str, Records], grid: Mapping[str, Sequence[float]], alarm
             else:
                 chosen[field] = max(v for v in silent if _warned(runs, failures, alone[v], families) == target)
         cfg = dataclasses.replace(cfg, **chosen)
-        outcomes = [o for o in evaluate(runs, cfg, rule) if o.failure]
+        outcomes = [o for o in evaluate(runs, cfg, rule, known) if o.failure]
         score = (sum(o.warned for o in outcomes), sum(max([0, *o.leads.values()]) for o in outcomes))
         if best is None or score > best[0]:
             best = (score, cfg)
