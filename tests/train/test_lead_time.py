@@ -145,12 +145,14 @@ def test_known_failures_and_the_runs_that_must_stay_silent() -> None:
     assert tune(runs, {"z_growth": [2.0, 10.0]}, [50], QUIET, RULE, known).z_growth == 10.0
 
 
-def test_attn_logit_alarm_is_absolute_from_alarm_start() -> None:
-    # max q·k/√d above 30 from alarm_start 50 on: the 40 at step 40 is before it, the 31 at 52 fires, 29 at 54 clears
-    records = [(s, {"monitor/attn_logit_max/layer_01": v}) for s, v in ((40, 40.0), (50, 5.0), (52, 31.0),
-                                                                           (54, 29.0), (56, 35.0))]
+def test_attn_logit_alarm_is_absolute_and_not_held_back_by_alarm_start() -> None:
+    # max q·k/√d above 30, even before alarm_start 50: 40 at step 4 fires, 5 at 50 clears, 31 at 52 fires again,
+    # 29 at 54 clears, 35 at 56 fires; the growth rule on the same values would wait for step 50
+    records = [(s, {"monitor/attn_logit_max/layer_01": v}) for s, v in ((4, 40.0), (50, 5.0), (52, 31.0),
+                                                                          (54, 29.0), (56, 35.0))]
     alarms = replay(records, replace(QUIET, attn_logit_max=30.0))
-    assert [(a.step, a.alarm, a.threshold) for a in alarms] == [(52, "attn_logit", 30.0), (56, "attn_logit", 30.0)]
+    assert [(a.step, a.alarm, a.threshold) for a in alarms] == [(4, "attn_logit", 30.0), (52, "attn_logit", 30.0),
+                                                                (56, "attn_logit", 30.0)]
 
 
 def test_step_records_merge_a_step_and_skip_events(tmp_path) -> None:

@@ -33,11 +33,11 @@ class MonitorConfig:
     rms_growth: float = 10.0  # an output RMS (monitor/rms/*) above this factor × its first monitored value
     outlier_frac: float = 0.01  # fraction of |x| > 6·RMS (monitor/outlier_frac/*); a Gaussian gives 2e-9
     expert_max_mean: float = 3.0  # tokens of the busiest expert / mean tokens per expert, per MoE layer
-    # Max attention logit q·k/√d of any layer (monitor/attn_logit_max/*), absolute: it warns before a high-lr
-    # failure where the growth alarms cannot (the logits have grown before alarm_start fixes their baseline;
-    # benchmarks/results/instability.md). With qk-norm it is ≤ √d·g_q·g_k (≈ 6 at head_dim 32 with unit gains);
-    # Kimi K2's QK-clip caps it at 100.
-    attn_logit_max: float = 30.0
+    # Max attention logit q·k/√d of any layer (monitor/attn_logit_max/*), absolute and from step 1: it warned
+    # 16–28 steps before the high-lr failures of the instability suite, where the growth alarms came after (the
+    # logits grow before alarm_start fixes their baseline; benchmarks/results/instability.md). With qk-norm it is
+    # ≤ √d·g_q·g_k (≈ 6 at head_dim 32 with unit gains); 100, tuned there, is also Kimi K2's QK-clip threshold.
+    attn_logit_max: float = 100.0
 
     def __post_init__(self) -> None:
         if self.every < 0:
