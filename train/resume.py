@@ -50,7 +50,9 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "model.moe.global_aux": (C, "how the balance loss is averaged"),
     "model.moe.backend": (C, "how experts are dispatched; same numbers"),
     "model.moe.bias_rate": (C, "step size of the balance bias update"),
-    **{f"data.{k}": (M, _DATA) for k in ("corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator")},
+    **{f"data.{k}": (M, _DATA) for k in (
+        "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "sources", "decode_errors")},
+    "data.prefetch": (C, "how many batches are built ahead; the same batches"),
     "data.cache_dir": (C, "where the token cache lives; the tokenizer is checked against the run's saved copy"),
     "data.seed": (C, "the order of training windows: change it to reshuffle past a bad batch"),
     "optim.name": (F, _OPT_STATE),
