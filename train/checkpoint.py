@@ -27,6 +27,7 @@ loaded without running code (``weights_only``, a restricted DCP reader) and memo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,6 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar

@@ -51,9 +51,8 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "model.moe.backend": (C, "how experts are dispatched; same numbers"),
     "model.moe.bias_rate": (C, "step size of the balance bias update"),
     **{f"data.{k}": (M, _DATA) for k in (
-        "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "decode_errors",
-        "sources.corpus", "sources.name", "sources.path", "sources.weight")},  # data.sources itself: MATCH (rule())
-    "data.prefetch": (C, "batches built ahead on a thread: the same batches"),
+        "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "sources", "decode_errors")},
+    "data.prefetch": (C, "how many batches are built ahead; the same batches"),
     "data.cache_dir": (C, "where the token cache lives; the tokenizer is checked against the run's saved copy"),
     "data.repeat_token_at": (C, "a fault-injection hook read at the listed steps only"),
     "data.seed": (C, "the order of training windows: change it to reshuffle past a bad batch"),

@@ -18,11 +18,13 @@ from train.resume import RESUME_RULES, OnResume, differences
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
-    """Every key a config can hold, walked from the dataclasses (an optional section is a key itself)."""
+    """Every key a config can hold, walked from the dataclasses (an optional section is a key itself; a list of
+    tables, data.sources, is one key: resume compares it whole)."""
     out: set[str] = set()
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
-        inner = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]
+        args = () if typing.get_origin(hint) is tuple else typing.get_args(hint)
+        inner = [a for a in (hint, *args) if dataclasses.is_dataclass(a)]
         key = f"{prefix}{f.name}"
         if inner:
             out |= _leaf_keys(inner[0], key + ".")
