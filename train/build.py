@@ -94,7 +94,7 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
         checkpoint_activations(model)
     train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
     lr_scale = transfer_scale(cfg, env.world_size)
-    optimizer = build_optimizer(model, cfg.optim, lr_scale=lr_scale)
+    optimizer = build_optimizer(model, cfg.optim, lr_scale=lr_scale, depth=cfg.model.n_layers)
     return Components(model, optimizer, data, sampler, device, autocast_for(cfg, device), lr_scale, env,
                       None if train_model is model else train_model)
 

@@ -10,6 +10,7 @@ from hyperp.optim.newton_schulz import COEFFICIENT_SETS
 from hyperp.optim.sphere import EXPERT_SPHERE_MODES
 
 OPTIMIZERS = ("muonh", "adamh", "muon", "adamw")
+WEIGHT_DECAY_MODES = ("coupled", "independent")
 
 
 @dataclass
@@ -21,6 +22,17 @@ class OptimConfig:
     - ``adam_lr``: None → the Adam group (embedding, norms) uses the same lr as the sphere groups (ArchScale);
       a number → an absolute lr for it (Marin, ≈ lr/4.33).
     - ``weight_decay``: baselines only (AdamW, Muon); the sphere groups have none.
+    - ``weight_decay_mode``: ``"coupled"`` (torch: each step ``W ← W·(1 − lr_t·wd)``, so the decay grows with the
+      peak lr) or ``"independent"`` (``W ← W·(1 − wd·lr_t/η_peak)``: the decay follows the schedule but not the
+      peak lr; Wortsman et al. arXiv 2309.14322, ArchScale ``pretrain.py`` ``v2scale`` runs, which set the group's
+      decay to ``wd / peak_lr``). Independent values are per-step fractions (≈ 1e-4), not AdamW's 0.1.
+    - ``wd_base_depth``: d₀ of ArchScale's Muon depth rule ``wd ← wd·d₀/L`` (``pretrain.py``, "weight decay
+      scaling for second order optimizers", arXiv 2512.05620); None: no depth factor.
+    - ``decay_head``: whether the baselines decay the untied lm_head (ArchScale's Muon runs do not: its lm_head
+      sits in the no-decay vector group).
+    - ``head_on_sphere``: MuonH/AdamH keep the untied lm_head on the AdamH sphere (ArchScale, Marin); False puts
+      it in plain Adam without decay at the sphere lr (an ablation: the sphere pins ‖W_head‖ = 0.02·√(V·d), a
+      small logit range at small width, SPEC §7).
     - ``muon_adjust_lr``: Muon baseline's shape-based lr. torch.optim.Muon's default (None) is ``"original"``
       (√max(1, out/in)); ArchScale's Muon baseline uses ``"spectral_norm"`` (√(out/in)). Our default is
       ``"match_rms_adamw"`` (0.2·√max(out, in), Moonlight) because the baseline's non-matrix groups run AdamW at
@@ -39,7 +51,11 @@ class OptimConfig:
     ns_coefficients: str = "torch"
     expert_sphere: str = "per_expert"
     router_on_sphere: bool = True
+    head_on_sphere: bool = True
     muon_adjust_lr: str = "match_rms_adamw"
+    weight_decay_mode: str = "coupled"
+    wd_base_depth: int | None = None
+    decay_head: bool = True
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
@@ -48,6 +64,7 @@ class OptimConfig:
         _choice("ns_coefficients", self.ns_coefficients, COEFFICIENT_SETS)
         _choice("expert_sphere", self.expert_sphere, EXPERT_SPHERE_MODES)
         _choice("muon_adjust_lr", self.muon_adjust_lr, ADJUST_LR_FNS)
+        _choice("weight_decay_mode", self.weight_decay_mode, WEIGHT_DECAY_MODES)
         _check(self.lr > 0, f"optim.lr={self.lr} must be > 0")
         _check(self.adam_lr is None or self.adam_lr > 0, f"optim.adam_lr={self.adam_lr} must be > 0")
         _check(
@@ -59,7 +76,12 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, f"optim.momentum={self.momentum} must be in [0, 1)")
         _check(isinstance(self.ns_steps, int) and self.ns_steps >= 1, f"optim.ns_steps={self.ns_steps} must be >= 1")
         _check(self.grad_clip >= 0, f"optim.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
-        _check(isinstance(self.router_on_sphere, bool), f"optim.router_on_sphere={self.router_on_sphere!r} must be a bool")
+        for name in ("router_on_sphere", "head_on_sphere", "decay_head"):
+            _check(isinstance(getattr(self, name), bool), f"optim.{name}={getattr(self, name)!r} must be a bool")
+        _check(
+            self.wd_base_depth is None or (isinstance(self.wd_base_depth, int) and self.wd_base_depth >= 1),
+            f"optim.wd_base_depth={self.wd_base_depth!r} must be a positive integer (or unset)",
+        )
 
 
 def _check(ok: bool, message: str) -> None:
