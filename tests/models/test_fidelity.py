@@ -164,3 +164,32 @@ def test_invalid_fidelity_options_raise() -> None:
                     (dict(gated_attn="yes"), "gated_attn"), (dict(norm_eps=0.0), "norm_eps")):
         with pytest.raises(ConfigError, match=key):
             cfg(**kw)
+
+
+def _counts(path: str) -> dict[str, int]:
+    from models.qwen3 import count_parameters
+    from train.config import load_config
+
+    with torch.device("meta"):  # shapes only: the GPU presets would cost real memory
+        return count_parameters(Qwen3(load_config(path).model))
+
+
+@pytest.mark.parametrize(("shared", "plain"), [("configs/tiny-moe-shared.toml", "configs/tiny-moe.toml"),
+                                               ("configs/experiments/exp-moe-shared.toml",
+                                                "configs/experiments/exp-moe.toml")])
+def test_shared_expert_presets_keep_active_and_total_parameters(shared: str, plain: str) -> None:
+    """ArchScale's recipe turns one of k slots into the shared expert: same expert budget, same active width."""
+    a, b = _counts(shared), _counts(plain)
+    router_diff = 2 * 64 * (15 - 8) if "exp" in plain else 4 * 128 * (15 - 8)  # 15 routed vs 8 experts' routers
+    assert a["total"] - b["total"] == router_diff
+    assert a["active"] - b["active"] == router_diff
+
+
+def test_family_presets_have_two_heads_per_layer_and_gpu_preset_size() -> None:
+    from train.config import load_config
+
+    for depth in (8, 12, 16, 20, 24):
+        m = load_config(f"configs/d{depth}.toml").model
+        assert (m.n_heads, m.head_dim, m.hidden) == (2 * depth, 128, 128 * depth)
+    counts = _counts("configs/experiments/gpu/d6.toml")
+    assert 20e6 <= counts["non_embedding"] <= 50e6 and load_config("configs/experiments/gpu/d6.toml").model.vocab_size <= 16384
