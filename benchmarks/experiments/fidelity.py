@@ -13,7 +13,7 @@ Exact commands (run from the repo root, one run at a time: ``--jobs 1``; shared 
     $S --steps 300 --grid optim.lr=0.04 --set model.embed_init_std=0.02 --set model.head_init_std=0.1 \
         --set optim.adam_lr=0.08 --out sweeps/fid-muonh-recipe
     # ArchScale-exact Muon (logit scale d₀/L = 4, spectral_norm, independent wd 1e-4 × d₀/L, no head decay)
-    $M --steps 300 --grid optim.lr=0.012,0.024 --out sweeps/fid-muon-archscale   # 0.048 planned, cut for time
+    $M --steps 300 --grid optim.lr=0.012,0.024,0.048 --out sweeps/fid-muon-archscale
     # 4 × 128 (4 heads of 32, 2 KV heads, SwiGLU 512), 200 steps; lrs transferred from 2 × 64 by √(2/4) (HyperP
     # depth rule; ArchScale applies the same to Muon), AdamW at its lr_transfer.md optimum for width 128 / depth 4
     W128="--set model.hidden=128 --set model.n_layers=4 --set model.n_heads=4 --set model.n_kv_heads=2 \
@@ -22,6 +22,9 @@ Exact commands (run from the repo root, one run at a time: ``--jobs 1``; shared 
     $M $W128 --grid optim.lr=<best of fid-muon-archscale> --set model.logit_scale=2.0 --out sweeps/fid-w128-muon
     $S $W128 --grid optim.lr=0.003 --set 'optim.name="adamw"' --set 'model.parameterization="standard"' \
         --set optim.weight_decay=0.1 --set hyperp.base_depth=4 --out sweeps/fid-w128-adamw
+    # and our default Muon baseline (standard parameterization, match-RMS, coupled wd) at its 2 × 64 optimum
+    $S $W128 --set hyperp.base_depth=4 --grid optim.lr=0.012 --set 'optim.name="muon"' \
+        --set 'model.parameterization="standard"' --set optim.weight_decay=0.1 --out sweeps/fid-w128-muonsp
     # lr transfer across width (depth 2), base = width 32, depth 1 as in lr_transfer.py; widths 32 and 64 only,
     # 3 points around the earlier optima (cut from 3 widths × 4 points for time)
     LR="--set hyperp.base_width=32 --set hyperp.base_depth=1 --set train.eval_every=50 --steps 200"
@@ -141,7 +144,7 @@ def lr_transfer_section() -> list[str]:
 
 def main() -> None:
     all_sweeps = [s for s, _ in VARIANTS] + ["fid-muon-archscale", "fid-w128-muonh", "fid-w128-muon", "fid-w128-adamw",
-                                              "fid-lr-w32", "fid-lr-w64"]
+                                              "fid-w128-muonsp", "fid-lr-w32", "fid-lr-w64"]
     loaded = [r for s in all_sweeps for r in load_sweep(s)]
     lines = ["# HyperP fidelity: closing the differences from ArchScale, and the MuonH vs Muon gap at small scale", "",
              "Presets `configs/experiments/exp-dense.toml` (2 layers × 64, 2 heads of 32, SwiGLU 256) and "
@@ -164,8 +167,8 @@ def main() -> None:
         "MuonH + HyperP as specified": ["fid-muonh-base"], "MuonH, best variant": [s for s, _ in VARIANTS],
         "ArchScale Muon": ["fid-muon-archscale"]}, axes[0])
     lines += speedup_section("4 × 128, 200 steps", {
-        "MuonH + HyperP": ["fid-w128-muonh"], "ArchScale Muon": ["fid-w128-muon"], "AdamW (SP)": ["fid-w128-adamw"]},
-        axes[1])
+        "MuonH + HyperP": ["fid-w128-muonh"], "ArchScale Muon": ["fid-w128-muon"], "Muon + WD (SP)": ["fid-w128-muonsp"],
+        "AdamW (SP)": ["fid-w128-adamw"]}, axes[1])
     fig.tight_layout()
     fig.savefig(RESULTS / "fidelity.png", dpi=80)
     lines += ["![val curves](fidelity.png)", "", "## 4. lr transfer across width with the new attention scale", "",
