@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN := runs/tiny-moe-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-gpu train test test-all data clean-venv
+.PHONY: install install-gpu gpu-prep gpu-check train test test-all data clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,wandb]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,12 +32,20 @@ test-all: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# GPU machine whose CUDA torch is already installed (system or conda python): install around it, never touching
-# torch; MegaBlocks and its CUDA extensions are built against that torch (see ../shared/DATA.md).
-GPU_PY ?= python3
+# GPU (README "GPU"). Here, with network: copy the MegaBlocks kit and prepare the token cache the GPU presets read into
+# the git-ignored .gpu/ and .gpu-data/ that travel with the working tree, then check the prepared GPU run on CPU.
+GPU_KIT ?= ../shared/gpu
+gpu-prep: $(STAMP)
+	$(PY) benchmarks/gpu/orchestrate.py --prepare $(GPU_KIT) data
+
+gpu-check: $(STAMP)
+	GPU_PY=$(PY) bash benchmarks/gpu/run.sh --dry-run
+
+# On the GPU machine (no network; CUDA torch preinstalled, e.g. /opt/torch/.venv): build stanford-stk, grouped_gemm
+# and MegaBlocks offline from the kit in .gpu/ against that torch (never touching it), install this project around
+# it without dependencies, and show what works. wandb is optional (runs log to metrics.jsonl without it).
+GPU_PY ?= /opt/torch/.venv/bin/python
 install-gpu:
-	$(GPU_PY) -m pip install --no-deps -e .
-	$(GPU_PY) -m pip install 'transformers>=5,<6' tokenizers safetensors einops numpy tqdm matplotlib wandb tiktoken \
-		pytest hypothesis
-	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" $(GPU_PY) -m pip install --no-deps --no-build-isolation \
-		stanford-stk==0.7.1 grouped_gemm==0.3.0 megablocks
+	bash .gpu/build_megablocks_gpu.sh $(GPU_PY)
+	$(GPU_PY) -m pip install --no-index --no-deps --no-build-isolation -e .
+	$(GPU_PY) -m train.doctor --cache-dir .gpu-data

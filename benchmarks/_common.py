@@ -74,6 +74,54 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+# Datasheet dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name; first match wins.
+BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12))
+
+
+def datasheet_bf16_peak(device: torch.device | str = "cuda") -> float | None:
+    """The device's datasheet dense bf16 FLOP/s, or None when the name is not in BF16_PEAKS (or not a GPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAKS if key in name), None)
+
+
+def profile_table(fn: Callable[[], object], device: torch.device | str = "cuda", rows: int = 15) -> str:
+    """torch.profiler over one call of ``fn``: the ``rows`` ops with the most self time on ``device``, as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    fn()  # warm: the profile shows steady-state kernels, not autotuning or first-call allocation
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        fn()
+        sync(device)
+    return prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=rows, max_name_column_width=60)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+
+
+def runnable(fns: dict[str, Callable[[], object]], notes: list[str]) -> dict[str, Callable[[], object]]:
+    """The candidates whose first call succeeds; each one that raises is left out with a note (the rest still run)."""
+    ok = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as err:  # noqa: BLE001 - a benchmark reports a failing candidate, it does not die of it
+            notes.append(f"{name}: not timed, its first call raised {first_line(err)}")
+    return ok
+
+
+def ratio(num: float | None, den: float | None) -> str:
+    """``num / den`` as "1.23×", or "–" when either is missing (a candidate that was not timed)."""
+    return "–" if num is None or den is None else f"{num / den:.2f}×"
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
@@ -91,6 +139,15 @@ def command(script: str, argv: Sequence[str]) -> str:
 
 
 NOTES_MARKER = "<!-- analysis: kept across re-runs -->"
+
+
+def write_json(out: str | Path | None, obj: object) -> None:
+    """Machine-readable results next to the markdown (the GPU runner bundles them); nothing when ``out`` is None."""
+    if out is not None:
+        import json
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(obj, indent=1, default=str))
 
 
 def write(out: Path, lines: Sequence[str]) -> None:

@@ -104,15 +104,45 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, ours: bool, 
     return run
 
 
-def candidates(p: Point, with_loop: bool, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               backends: tuple[str, ...] = ("auto", "grouped", "padded"), tol: float = 1e-4
-               ) -> tuple[dict[str, Callable[[], None]], float]:
-    """Fwd+bwd closures over identical weights/input; asserts our block equals HF's (max abs error ≤ tol)."""
+@dataclass
+class Setup:
+    """Identical weights and input for every candidate: our block (+ other backends), HF's two blocks, dense."""
+
+    ours: MoEBlock
+    extra: dict[str, MoEBlock]
+    hf_eager: nn.Module
+    hf_gmm: nn.Module
+    dense: nn.Module
+    x: torch.Tensor
+    grad: torch.Tensor
+
+    def hf_error(self) -> float:
+        """Max abs error of our blocks and HF eager vs HF grouped_mm on ``x``."""
+        with torch.no_grad():
+            ref = self.hf_gmm(self.x).float()
+            outs = [self.ours(self.x)[0], self.hf_eager(self.x), *(m(self.x)[0] for m in self.extra.values())]
+            return max((o.float() - ref).abs().max().item() for o in outs)
+
+    def fns(self, backends: tuple[str, ...]) -> dict[str, Callable[[], None]]:
+        fns = {}
+        for b in backends:
+            if b in ("auto", "grouped", "padded"):
+                fns[f"ours {b}"] = fwd_bwd(self.ours, self.x, self.grad, True, None if b == "auto" else b)
+        for name, m in self.extra.items():
+            fns[name] = fwd_bwd(m, self.x, self.grad, True)
+        return fns | {
+            "hf eager": fwd_bwd(self.hf_eager, self.x, self.grad, False),
+            "hf grouped_mm": fwd_bwd(self.hf_gmm, self.x, self.grad, False),
+            "dense": fwd_bwd(self.dense, self.x, self.grad, False),
+        }
+
+
+def setup(p: Point, with_loop: bool, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+          backends: tuple[str, ...] = ("auto", "grouped", "padded")) -> Setup:
     torch.manual_seed(seed)
     ours = MoEBlock(p.hidden, MoEConfig(p.experts, p.top_k, p.expert_hidden, gate="softmax", backend="torch"))
     hf_eager, hf_gmm = hf_block(ours, "eager"), hf_block(ours, "grouped_mm")
     dense = SwiGLU(p.hidden, p.top_k * p.expert_hidden)
-    mods = [ours, hf_eager, hf_gmm, dense]
     extra: dict[str, MoEBlock] = {}
     if "megablocks" in backends:
         extra["ours megablocks"] = MoEBlock(p.hidden, MoEConfig(p.experts, p.top_k, p.expert_hidden, gate="softmax",
@@ -122,31 +152,24 @@ def candidates(p: Point, with_loop: bool, seed: int = 0, device: str = "cpu", dt
                                                           backend="loop"))
     for m in extra.values():
         m.load_state_dict(ours.state_dict())
-    for m in [*mods, *extra.values()]:
+    for m in [ours, hf_eager, hf_gmm, dense, *extra.values()]:
         m.to(device=device, dtype=dtype)
-    ours.router.float()  # our router computes in fp32 whatever the activation dtype
-    for m in extra.values():
-        m.router.float()
+    for m in [ours, *extra.values()]:
+        m.router.float()  # our router computes in fp32 whatever the activation dtype
     x = torch.randn(1, p.tokens, p.hidden, device=device, dtype=dtype, requires_grad=True)  # HF wants (B, T, H)
     grad = torch.randn(1, p.tokens, p.hidden, device=device, dtype=dtype)
-    with torch.no_grad():
-        ref = hf_gmm(x).float()
-        outs = [ours(x)[0], hf_eager(x), *(m(x)[0] for m in extra.values())]
-        err = max((o.float() - ref).abs().max().item() for o in outs)
+    return Setup(ours, extra, hf_eager, hf_gmm, dense, x, grad)
+
+
+def candidates(p: Point, with_loop: bool, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               backends: tuple[str, ...] = ("auto", "grouped", "padded"), tol: float = 1e-4
+               ) -> tuple[dict[str, Callable[[], None]], float]:
+    """Fwd+bwd closures over identical weights/input; asserts our block equals HF's (max abs error ≤ tol)."""
+    s = setup(p, with_loop, seed, device, dtype, backends)
+    err = s.hf_error()
     if err > tol:
         raise AssertionError(f"{p.label()}: our block differs from transformers' by {err:.2e} (> {tol})")
-    fns = {}
-    for b in backends:
-        if b in ("auto", "grouped", "padded"):
-            fns[f"ours {b}"] = fwd_bwd(ours, x, grad, True, None if b == "auto" else b)
-    for name, m in extra.items():
-        fns[name] = fwd_bwd(m, x, grad, True)
-    fns |= {
-        "hf eager": fwd_bwd(hf_eager, x, grad, False),
-        "hf grouped_mm": fwd_bwd(hf_gmm, x, grad, False),
-        "dense": fwd_bwd(dense, x, grad, False),
-    }
-    return fns, err
+    return s.fns(backends), err
 
 
 def auto_choice(p: Point, seed: int = 0) -> str:

@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train.build import build_callbacks, build_components  # noqa: E402
+from train.build import build_components  # noqa: E402
+from train.callbacks import build_callbacks  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.loop import Trainer  # noqa: E402
 
@@ -37,7 +38,7 @@ def make_trainer(config: str, every: int, steps: int, run_dir: Path) -> Trainer:
     cfg = load_config(config, [f"monitor.every={every}", f"train.max_steps={max(steps, 2)}", "log.wandb=\"disabled\"",
                                "log.progress=false", "train.warmup_steps=0"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [cb for cb in build_callbacks(cfg, run_dir) if type(cb).__name__ == "MonitorCallback"]
+    callbacks = [cb for cb in build_callbacks(cfg) if type(cb).__name__ == "MonitorCallback"]
     trainer = Trainer(cfg, run_dir, build_components(cfg), callbacks)
     for cb in trainer.callbacks:
         cb.on_train_start(trainer)

@@ -45,10 +45,10 @@ QUICK = ["model.hidden=64", "model.n_layers=1", "model.n_heads=2", "model.n_kv_h
          "model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32", "model.vocab_size=512"]
 
 
-def make_model(overrides: list[str]) -> nn.Module:
-    cfg = load_config(ROOT / "configs/tiny-moe.toml", overrides)
+def make_model(overrides: list[str], config: str = "configs/tiny-moe.toml", device: str = "cpu") -> nn.Module:
+    cfg = load_config(ROOT / config, overrides)
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-2
     return model
@@ -117,7 +117,7 @@ def stepper(opt: torch.optim.Optimizer, ns_dtype: torch.dtype | None = None, pat
     return run
 
 
-def matrix_candidates(model: nn.Module, with_bf16: bool) -> dict[str, Callable[[], None]]:
+def matrix_candidates(model: nn.Module, with_bf16: bool, with_fp32_ns: bool = True) -> dict[str, Callable[[], None]]:
     copies = {}
 
     def params_of(name: str) -> list[nn.Parameter]:
@@ -129,9 +129,10 @@ def matrix_candidates(model: nn.Module, with_bf16: bool) -> dict[str, Callable[[
     fns = {
         "MuonH": stepper(MuonH(params_of("muonh"), lr=0.02, sphere=True)),
         "Muon (ours, batched)": stepper(MuonH(params_of("muon"), lr=0.02, sphere=False)),
-        "torch Muon fp32-NS (experts split)": stepper(
-            torch.optim.Muon(split_experts(params_of("tmuon")), lr=0.02), torch.float32, patch=True),
     }
+    if with_fp32_ns:
+        fns["torch Muon fp32-NS (experts split)"] = stepper(
+            torch.optim.Muon(split_experts(params_of("tmuon")), lr=0.02), torch.float32, patch=True)
     if with_bf16:
         fns["torch Muon bf16-NS as shipped (experts split)"] = stepper(
             torch.optim.Muon(split_experts(params_of("tmuon16")), lr=0.02))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, ROOT, command, loadavg, machine, table, write
+from _common import RESULTS, ROOT, command, loadavg, machine, profile_table, table, write
 
 import monitor_overhead  # the monitors engineer's benchmark: make_trainer / timed_step / EVERY are reused
 from models.qwen3 import count_parameters
@@ -61,7 +61,9 @@ def config_file(preset: str, overrides: list[str], tmp: Path) -> str:
 
 
 def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, peak_n: int,
-                 every: tuple[int, ...] = monitor_overhead.EVERY) -> dict:
+                 every: tuple[int, ...] = monitor_overhead.EVERY, profile_steps: bool = False) -> dict:
+    """Time the preset's steps at each ``monitor.every`` interleaved with a matmul; on CUDA also the peak memory
+    and, with ``profile_steps``, a torch.profiler table of one more step (every=0)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = config_file(preset, overrides, Path(tmp))
         trainers = {e: monitor_overhead.make_trainer(config, e, steps + warmup, Path(tmp) / f"every{e}")
@@ -71,6 +73,8 @@ def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, pea
         mm, mm_flops = matmul_peak(peak_n, device, torch.float32 if device.type == "cpu" else torch.bfloat16)
         times: dict[object, list[float]] = {e: [] for e in every} | {"mm": []}
         names = [*every, "mm"]
+        if device.type == "cuda":  # peak over the steps: weights, gradients, optimizer state and activations
+            torch.cuda.reset_peak_memory_stats(device)
         for r in range(steps + warmup):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 if name == "mm":
@@ -83,6 +87,8 @@ def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, pea
                     elapsed = monitor_overhead.timed_step(trainers[name])
                 if r >= warmup:
                     times[name].append(elapsed)
+        peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        profile = profile_table(lambda: monitor_overhead.timed_step(t0), device) if profile_steps else None
         cfg = t0.cfg
         flops_token = model_flops_per_token(cfg, t0.model)
         counts = count_parameters(t0.model)
@@ -90,7 +96,8 @@ def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, pea
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.mean(v) for k, v in times.items()}
     return dict(preset=Path(preset).stem, cfg=cfg, med=med, mean=mean, tokens=tokens, flops_token=flops_token,
-                counts=counts, peak=mm_flops / med["mm"], peak_n=peak_n, device=device, every=every)
+                counts=counts, peak=mm_flops / med["mm"], peak_n=peak_n, device=device, every=every,
+                peak_memory=peak_memory, profile=profile)
 
 
 def report(results: list[dict], args_line: str, load_before: str, load_after: str, steps: int, warmup: int,

@@ -7,9 +7,9 @@
 | muon      | Muon "matrix" (+wd)   | Muon "matrix"               | AdamW "head" (+wd if decay_head) | AdamW "adam", wd 0|
 | adamw     | AdamW "matrix" (+wd)  | AdamW "matrix"              | AdamW "head" (+wd if decay_head) | AdamW "adam", wd 0|
 
-ArchScale ``pretrain.py:get_param_groups`` gives the Adam group the same lr as the matrices; Marin gives it an
-absolute ``adam_lr``: both via :class:`OptimConfig`. ``lr_scale`` carries the HyperP transfer factor
-(:func:`hyperp.transfer.derive`) and also scales the Adam group when it shares the matrix lr.
+ArchScale ``pretrain.py:get_param_groups`` gives the Adam group the same lr as the matrices; Marin gives it its own
+``adam_lr``: both via :class:`OptimConfig`. ``transfer_factor`` is the run's HyperP lr factor
+(:func:`hyperp.transfer.transfer_factor`); :func:`hyperp.transfer.peak_lrs` turns it into the groups' peak lrs.
 Decayed groups get ``weight_decay`` × d₀/L (``wd_base_depth``; needs the model ``depth``) and, in the
 "independent" mode, ÷ the group's peak lr, so that torch's per-step ``lr_t·wd`` becomes ``wd·lr_t/η_peak``.
 """
@@ -27,6 +27,7 @@ from hyperp.optim.composite import CompositeOptimizer
 from hyperp.optim.config import OptimConfig
 from hyperp.optim.muonh import MuonH
 from hyperp.roles import Role, collect
+from hyperp.transfer import peak_lrs
 
 _SPHERE_ROLES = (Role.MATRIX, Role.EXPERT, Role.ROUTER)
 # (group name, inner optimizer kind) per (optimizer name, role).
@@ -71,9 +72,10 @@ def _decay(name: str, cfg: OptimConfig, lr: float, depth: int | None) -> float:
     return wd / lr if cfg.weight_decay_mode == "independent" else wd
 
 
-def _group_settings(name: str, kind: str, cfg: OptimConfig, lr_scale: float, depth: int | None) -> dict[str, Any]:
-    matrix_lr = cfg.lr * lr_scale
-    lr = cfg.adam_lr if (name == "adam" and cfg.adam_lr is not None) else matrix_lr
+def _group_settings(name: str, kind: str, cfg: OptimConfig, transfer_factor: float, depth: int | None
+                    ) -> dict[str, Any]:
+    matrix_lr, adam_lr = peak_lrs(cfg.lr, cfg.adam_lr, transfer_factor)
+    lr = adam_lr if name == "adam" else matrix_lr
     settings: dict[str, Any] = {"name": name, "kind": kind, "lr": lr, "base_lr": lr}
     if kind in ("adam", "adamw", "adamh"):
         settings.update(betas=tuple(cfg.betas), eps=cfg.eps)
@@ -93,14 +95,15 @@ def _group_settings(name: str, kind: str, cfg: OptimConfig, lr_scale: float, dep
 
 
 def param_groups(
-    model: nn.Module, cfg: OptimConfig, lr_scale: float = 1.0, depth: int | None = None
+    model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0, depth: int | None = None
 ) -> list[dict[str, Any]]:
-    """Parameter groups by declared role; each dict has ``params``, ``name``, ``kind``, ``lr``, ``base_lr``.
+    """Parameter groups by declared role; each dict has ``params``, ``name``, ``kind``, ``lr``, ``base_lr`` (the
+    peak lr that the schedule multiplies).
 
     ``depth`` (the model's layer count) is needed only for ``optim.wd_base_depth``.
     """
-    if not lr_scale > 0:
-        raise ConfigError(f"lr_scale={lr_scale} must be > 0")
+    if not transfer_factor > 0:
+        raise ConfigError(f"HyperP transfer factor {transfer_factor} must be > 0")
     try:
         roles = collect(model)
     except KeyError as err:
@@ -114,7 +117,7 @@ def param_groups(
         name, kind = _placement(cfg, role)
         _check_shape(fqn, p, role, kind)
         if name not in groups:
-            groups[name] = _group_settings(name, kind, cfg, lr_scale, depth) | {"params": [], "param_names": []}
+            groups[name] = _group_settings(name, kind, cfg, transfer_factor, depth) | {"params": [], "param_names": []}
         groups[name]["params"].append(p)
         groups[name]["param_names"].append(fqn)
     return [groups[n] for n in _ORDER if n in groups]
@@ -138,11 +141,11 @@ def _make(kind: str, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, lr_scale: float = 1.0, depth: int | None = None
+    model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0, depth: int | None = None
 ) -> CompositeOptimizer:
     """One :class:`CompositeOptimizer` over one inner optimizer per kind, groups in a fixed order."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for group in param_groups(model, cfg, lr_scale, depth):
+    for group in param_groups(model, cfg, transfer_factor, depth):
         by_kind.setdefault(group["kind"], []).append(group)
     if not by_kind:
         raise ConfigError("model has no trainable parameters to optimize")

@@ -15,13 +15,14 @@ form, which counts the untied embedding *and* lm_head (2·V·d with V = 32000) b
 (12·d²·L + q/o and GQA-4 k/v projections, d = 128·L). That gives 1, 0.595, 0.404, 0.296, 0.229
 (:func:`archscale_param_count`). Counting only non-embedding parameters (N ∝ L³) gives a steeper
 1, 0.557, 0.367, 0.266, 0.204 — so the parameter count used for T matters; pass the real one.
+
+The functions here take numbers only; a run config's scale and the calculator CLI are :mod:`train.transfer`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from hyperp.errors import ConfigError
 
@@ -51,22 +52,15 @@ BASE_LR = 1.4e-2  # HyperP's fitted optimum for MuonH at d8 (SPEC §3)
 
 @dataclass(frozen=True)
 class Derived:
-    """Everything HyperP derives for a target scale. Multipliers are relative to the base."""
+    """What HyperP derives for a target scale: the peak lrs and the factors behind them (relative to the base)."""
 
-    lr: float
-    adam_lr: float | None
-    lr_multiplier: float
+    lr: float  # peak lr of the sphere / matrix / head groups
+    adam_lr: float  # peak lr of the Adam group (embedding, norms): = lr unless an Adam lr of its own is given
+    transfer_factor: float  # depth_factor · tokens_factor · batch_factor: the one HyperP lr factor
     depth_factor: float
     tokens_factor: float
     batch_factor: float
     residual_multiplier: float
-    init_matrix: str = "kaiming_uniform(a=sqrt(5))"  # PyTorch Linear default, U(±1/√fan_in)
-    embed_std: float = 1e-4
-    head_std: float = 0.02
-    warmup: int = 0
-    schedule: str = "linear"
-    min_lr_mult: float = 0.1
-    logit_scale: float = 1.0  # not rescaled under MuonH (lit_gpt/model.py: logit_scale = 1 when use_muonh)
 
 
 def residual_multiplier(depth: int) -> float:
@@ -88,9 +82,19 @@ def batch_factor(base: Scale, target: Scale) -> float:
     return math.sqrt(target.batch_tokens / base.batch_tokens)
 
 
-def lr_multiplier(base: Scale, target: Scale) -> float:
-    """√(d₀/L)·(T/T₀)^(−0.32)·√(B/B₀); width and granularity contribute 1."""
+def transfer_factor(base: Scale, target: Scale) -> float:
+    """The HyperP lr factor √(d₀/L)·(T/T₀)^(−0.32)·√(B/B₀); width and granularity contribute 1."""
     return depth_factor(base, target) * tokens_factor(base, target) * batch_factor(base, target)
+
+
+def peak_lrs(lr: float, adam_lr: float | None, factor: float) -> tuple[float, float]:
+    """(matrix-group lr, Adam-group lr) of a run from the base-scale ``optim.lr`` / ``optim.adam_lr`` and its
+    :func:`transfer_factor` — the one place a run's lrs come from (training's optimizer groups and the CLI table).
+
+    The Adam group shares the matrix lr (ArchScale, so it transfers with it) unless it has its own base-scale lr
+    (Marin, ≈ lr/4.33), which keeps its ratio to the matrix lr and is therefore scaled by the same factor.
+    """
+    return lr * factor, (lr if adam_lr is None else adam_lr) * factor
 
 
 def default_tokens(params: float, base_params: float, base_tokens: float = BASE.tokens) -> float:
@@ -115,19 +119,17 @@ def archscale_param_count(depth: int, vocab: int = 32000, kv_groups: int = 4, he
 
 
 def derive(base: Scale, target: Scale, base_lr: float, adam_lr: float | None = None) -> Derived:
-    """HyperP settings for ``target`` given a tuned ``base`` (lr ``base_lr``; optional absolute Adam lr).
-
-    A Marin-style absolute ``adam_lr`` keeps its ratio to the matrix lr, so it is scaled by the same multiplier.
-    """
+    """HyperP settings for ``target`` given a tuned ``base`` (lr ``base_lr``; optional Adam-group lr of its own)."""
     if not base_lr > 0:
         raise ConfigError(f"optim.lr={base_lr} must be > 0")
     if adam_lr is not None and not adam_lr > 0:
         raise ConfigError(f"optim.adam_lr={adam_lr} must be > 0")
-    mult = lr_multiplier(base, target)
+    factor = transfer_factor(base, target)
+    lr, group_adam_lr = peak_lrs(base_lr, adam_lr, factor)
     return Derived(
-        lr=base_lr * mult,
-        adam_lr=None if adam_lr is None else adam_lr * mult,
-        lr_multiplier=mult,
+        lr=lr,
+        adam_lr=group_adam_lr,
+        transfer_factor=factor,
         depth_factor=depth_factor(base, target),
         tokens_factor=tokens_factor(base, target),
         batch_factor=batch_factor(base, target),
@@ -143,58 +145,8 @@ def family_scale(depth: int, base: Scale = BASE, batch_tokens: float | None = No
                  batch_tokens=base.batch_tokens if batch_tokens is None else batch_tokens)
 
 
-_COLUMNS = ("depth", "width", "tokens", "lr", "lr_multiplier", "depth_factor", "tokens_factor", "batch_factor",
-            "residual_multiplier")
-
-
-def format_table(rows: Sequence[tuple[Scale, Derived]]) -> str:
-    """A plain-text table, one line per target, for the ``python -m hyperp.transfer`` CLI."""
-    lines = ["  ".join(f"{c:>13}" for c in _COLUMNS)]
-    for scale, derived in rows:
-        values = {**asdict(scale), **asdict(derived)}
-        cells = []
-        for c in _COLUMNS:
-            v = values[c]
-            cells.append(f"{v:>13d}" if isinstance(v, int) else f"{v:>13.4g}")
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hyperp.transfer --base configs/A.toml --target configs/B.toml [--target …]``.
-
-    Reads run configs (the train package's TOML presets) lazily so that :mod:`hyperp` itself imports torch only.
-    Each config's scale is its model width/depth, ``train.max_steps × batch tokens`` and batch tokens; the base
-    config's ``optim.lr`` is the tuned η₀.
-    """
-    import argparse
+if __name__ == "__main__":  # the run-aware calculator lives with the run tools (hyperp imports nothing from train)
     import sys
 
-    from hyperp.errors import HyperpError
-
-    parser = argparse.ArgumentParser(prog="python -m hyperp.transfer", description="HyperP: derive a target's lr.")
-    parser.add_argument("--base", required=True, help="config of the tuned base model (its optim.lr is η₀)")
-    parser.add_argument("--target", required=True, action="append", help="config(s) to transfer to (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        from train.build import run_scale
-        from train.config import load_config
-
-        base_cfg = load_config(args.base)
-        base = run_scale(base_cfg)
-        rows = [(base, derive(base, base, base_cfg.optim.lr, base_cfg.optim.adam_lr))]
-        for path in args.target:
-            target = run_scale(load_config(path))
-            rows.append((target, derive(base, target, base_cfg.optim.lr, base_cfg.optim.adam_lr)))
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"base: {args.base} (η₀ = {base_cfg.optim.lr:g}); first row is the base itself")
-    print(format_table(rows))
-    print("init: matrices kaiming_uniform(a=√5) = U(±1/√fan_in); embedding N(0, 1e-4²); lm_head N(0, 0.02²); "
-          "warmup 0; linear decay to 0.1·peak")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    print("error: the HyperP calculator moved: python -m train.transfer --base A.toml --target B.toml", file=sys.stderr)
+    sys.exit(2)

@@ -8,21 +8,18 @@ SqrtGate, shared-expert and gated-attention models have no transformers class: `
 one-line error and ``export_dir`` writes them with their own modeling code (``models/remote``, loaded with
 ``trust_remote_code=True``; a dense model there is ``num_experts = 0``).
 
-CLI: ``python -m models.hf export --run RUN_DIR --out HF_DIR`` (any model kind, via ``export_dir``).
+Pure conversion: nothing here reads a run folder (``python -m train.export`` exports a run through ``export_dir``).
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from hyperp.errors import ConfigError, HyperpError
+from hyperp.errors import ConfigError
 from models.config import ModelConfig
 from models.qwen3 import Qwen3
 
@@ -262,32 +259,8 @@ def export_dir(model: Qwen3, out_dir: str | Path) -> Path:
     return out
 
 
-def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write an :func:`export_dir` directory (model + tokenizer) from a training run's latest checkpoint."""
-    from train.checkpoint import load_model_from_run
+if __name__ == "__main__":  # the run-aware CLI lives with the run tools (models imports nothing from train)
+    import sys
 
-    model, tokenizer = load_model_from_run(Path(run_dir))
-    out = export_dir(model, out_dir)
-    if tokenizer is not None:
-        tokenizer.save(out)
-    return out
-
-
-def main(argv: list[str] | None = None, run: Callable[..., Path] = export) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.hf", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="export a run's latest checkpoint as a transformers directory")
-    ex.add_argument("--run", required=True, help="training run directory (runs/NAME)")
-    ex.add_argument("--out", required=True, help="output directory for save_pretrained")
-    args = parser.parse_args(argv)
-    try:
-        out = run(args.run, args.out)
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print("error: the export CLI moved: python -m train.export --run runs/NAME --out hf/NAME", file=sys.stderr)
+    sys.exit(2)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.roles import Role, collect, declare
 from models.config import ModelConfig
 from moe import MoEBlock, RoutingStats
@@ -34,8 +35,8 @@ class RMSNorm(nn.Module):
         declare(self, weight=Role.VECTOR)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalize in fp32 like HF's Qwen3RMSNorm, then scale in the input dtype.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        # Normalize in fp32 (fp64 stays fp64) like HF's Qwen3RMSNorm, then scale in the input dtype.
+        normed = F.rms_norm(x.to(at_least_fp32(x.dtype)), (x.shape[-1],), eps=self.eps).to(x.dtype)
         return self.weight * normed
 
 
@@ -188,7 +189,7 @@ class Qwen3(nn.Module):
         logits = self.lm_head(h)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            loss = F.cross_entropy(logits.to(at_least_fp32(logits.dtype)).flatten(0, 1), targets.flatten())
         return ModelOutput(logits=logits, loss=loss, routing=routing)
 
 

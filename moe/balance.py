@@ -1,19 +1,26 @@
-"""Expert-load statistics and aux-loss-free balancing (SPEC §4–§5; DeepSeek-V3; torchtitan / OLMo-core / Megatron).
+"""How training balances the experts (SPEC §4–§5; DeepSeek-V3; torchtitan / OLMo-core / Megatron).
 
-One place for the balance metrics that training logs, sweeps and monitors report, computed from a (layers, E)
-matrix of token-slot counts:
-- MaxVio = (max_i load_i − mean load) / mean load (ArchScale logs its mean over layers),
-- max/mean, coefficient of variation (std/mean), and dead experts (no token in the window).
+- :class:`BalancePolicy`: everything a training loop needs to balance an MoE model, decided from its
+  :class:`~moe.config.MoEConfig` — each micro-batch's loss terms (the global-batch or micro-batch switch loss, the
+  z-loss and the weights they enter the loss with), the aux-loss-free bias update (a step pre-hook on the
+  optimizer, as torchtitan's ``register_moe_load_balancing_hook``), and the step's balance metrics.
+- The balance metrics that training logs, sweeps and monitors report, from a (layers, E) matrix of token-slot
+  counts: MaxVio = (max_i load_i − mean load) / mean load (ArchScale logs its mean over layers), max/mean,
+  coefficient of variation (std/mean), and dead experts (no token in the window).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from moe.router import Router
+from moe.config import MoEConfig
+from moe.losses import GlobalBalance, micro_batch_aux, z_loss
+from moe.router import Router, RoutingStats
 
 METRICS = ("maxvio", "max_mean", "cv", "dead")
 
@@ -62,3 +69,44 @@ def update_selection_bias(model: nn.Module, counts: Tensor, rate: float) -> None
     step = rate * torch.sign(counts.float().mean(-1, keepdim=True) - counts.float())
     for router, delta in zip(routers, step, strict=True):
         router.selection_bias.add_(delta.to(router.selection_bias))
+
+
+class BalancePolicy:
+    """The balancing of one MoE model during training; the loop calls it and knows nothing about MoE.
+
+    Per optimizer step: :meth:`start_step`, then :meth:`loss_terms` for every micro-batch, the optimizer step (whose
+    pre-hook, registered by :meth:`attach`, applies the bias update from the step's counts), then
+    :meth:`step_metrics`. ``process_group``: the ranks whose counts make the global batch (default: all).
+    """
+
+    def __init__(self, cfg: MoEConfig, model: nn.Module, process_group: dist.ProcessGroup | None = None) -> None:
+        self.cfg, self.model, self.process_group = cfg, model, process_group
+        self.aux_weight = cfg.aux_weight if cfg.trains_aux else 0.0  # "bias": the aux loss is logged, not trained
+        self.balance = GlobalBalance()
+
+    def start_step(self) -> None:
+        self.balance.reset()
+
+    def loss_terms(self, ce: Tensor, routing: Sequence[RoutingStats]) -> dict[str, Tensor]:
+        """``ce`` plus this micro-batch's ``aux`` and ``z`` terms and the ``total`` loss to backpropagate."""
+        global_aux = self.balance.aux(routing, self.process_group)  # always: the counts feed the bias and metrics
+        aux = global_aux if self.cfg.global_aux else micro_batch_aux(routing)
+        z = torch.stack([z_loss(s.logits) for s in routing]).sum()
+        return {"ce": ce, "aux": aux, "z": z, "total": ce + self.aux_weight * aux + self.cfg.z_weight * z}
+
+    def step_metrics(self) -> dict[str, float]:
+        """The step's balance metrics from its global counts; ``moe/aux_loss`` is the exact step-level global aux."""
+        counts = self.balance.counts
+        if counts is None:
+            return {}
+        metrics = {"moe/aux_loss": float(self.balance.value())} if self.cfg.global_aux else {}
+        return metrics | balance_log(counts)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Update the selection biases at every optimizer step (never at a skipped one), when the config uses them."""
+        if self.cfg.uses_bias:
+            optimizer.register_step_pre_hook(self._bias_hook)
+
+    def _bias_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.balance.counts is not None:
+            update_selection_bias(self.model, self.balance.counts, self.cfg.bias_rate)

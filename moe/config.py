@@ -8,12 +8,9 @@ the shared expert (k−1 routed, sparsity·k − 1 routed experts); whoever buil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from hyperp.errors import ConfigError
-
-GATES = ("sqrt", "softmax")
-BALANCES = ("aux", "bias", "aux+bias")
-BACKENDS = ("auto", "loop", "torch", "megablocks")
+from hyperp.errors import ConfigError, check_choices
 
 
 @dataclass
@@ -23,15 +20,15 @@ class MoEConfig:
     expert_hidden: int
     shared_expert: bool = False
     shared_hidden: int | None = None  # None → expert_hidden
-    gate: str = "sqrt"  # "sqrt" (SqrtGate) | "softmax" (standard renormalized top-k gate)
+    gate: Literal["sqrt", "softmax"] = "sqrt"  # SqrtGate | the standard renormalized top-k gate
     shared_mix: float = 0.5  # p of y = √(1−p)·routed + √p·shared under SqrtGate
     aux_weight: float = 0.0
     z_weight: float = 0.0
     global_aux: bool = True
-    backend: str = "auto"
+    backend: Literal["auto", "loop", "torch", "megablocks"] = "auto"
     # "aux": switch loss with aux_weight; "bias": DeepSeek-V3 aux-loss-free balancing (a per-expert selection bias,
     # the aux loss is still computed and logged but not trained on); "aux+bias": both.
-    balance: str = "aux"
+    balance: Literal["aux", "bias", "aux+bias"] = "aux"
     bias_rate: float = 1e-3  # γ_b of b_i += γ_b·sign(mean load − load_i), once per optimizer step
 
     @property
@@ -53,18 +50,13 @@ class MoEConfig:
         if self.shared_hidden is None:
             self.shared_hidden = self.expert_hidden
         _positive_int("moe.shared_hidden", self.shared_hidden)
-        if self.gate not in GATES:
-            raise ConfigError(f"moe.gate={self.gate!r} must be one of {', '.join(GATES)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"moe.backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        check_choices(self, "moe")
         if not _is_number(self.shared_mix) or not 0.0 <= self.shared_mix <= 1.0:
             raise ConfigError(f"moe.shared_mix={self.shared_mix!r} must be a number in [0, 1]")
         for name in ("aux_weight", "z_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 raise ConfigError(f"moe.{name}={value!r} must be a number >= 0")
-        if self.balance not in BALANCES:
-            raise ConfigError(f"moe.balance={self.balance!r} must be one of {', '.join(BALANCES)}")
         if not _is_number(self.bias_rate) or self.bias_rate <= 0:
             raise ConfigError(f"moe.bias_rate={self.bias_rate!r} must be a number > 0")
         if not isinstance(self.global_aux, bool):

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
 from moe.router import RoutingStats
 
 __all__ = ["GlobalBalance", "RoutingStats", "micro_batch_aux", "switch_aux", "z_loss"]
@@ -30,7 +31,7 @@ def switch_aux(counts: Tensor, prob_mean: Tensor) -> Tensor:
 
 def z_loss(logits: Tensor) -> Tensor:
     """Router z-loss / Router Z-value: mean over tokens of (logsumexp_i z_i)² (SPEC §4, §5)."""
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+    return torch.logsumexp(logits.to(at_least_fp32(logits.dtype)), dim=-1).square().mean()
 
 
 def micro_batch_aux(stats_list: Sequence[RoutingStats]) -> Tensor:
@@ -85,13 +86,13 @@ class GlobalBalance:
                 global_probs = _global_mean(probs, tokens, process_group)
         if self._counts is None:
             self._counts = counts
-            self._prob_sum = probs.detach().float() * tokens
+            self._prob_sum = probs.detach().to(at_least_fp32(probs.dtype)) * tokens
         else:
             if self._counts.shape != counts.shape:
                 raise ValueError(f"GlobalBalance.aux: got {tuple(counts.shape)} layer×expert counts, expected "
                                  f"{tuple(self._counts.shape)}; call reset() at each optimizer step")
             self._counts = self._counts + counts
-            self._prob_sum = self._prob_sum + probs.detach().float() * tokens
+            self._prob_sum = self._prob_sum + probs.detach().to(at_least_fp32(probs.dtype)) * tokens
         self._tokens += tokens
         return switch_aux(self._counts, global_probs).sum()
 

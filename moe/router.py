@@ -1,7 +1,8 @@
 """Top-k router (SPEC §4; ArchScale `lit_gpt/moe.py:Router`, Qwen3 ``norm_topk_prob=True``).
 
-Logits are computed in fp32 whatever the activation dtype: the softmax over a few large logits is the
-numerically fragile part of an MoE layer, and the z-value monitor (SPEC §5) reads them.
+Logits are computed in fp32 whatever the activation dtype (fp64 stays fp64): the softmax over a few large logits
+is the numerically fragile part of an MoE layer, and the z-value monitor (SPEC §5) reads them. Autocast is switched
+off around the projection: under ``torch.autocast(bf16)`` an ``F.linear`` on fp32 inputs would still run in bf16.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.roles import Role, declare
 
 
@@ -24,7 +26,7 @@ class RoutingStats:
     the switch loss (mean over tokens of the softmax over all E logits).
     """
 
-    logits: Tensor  # (N, E) fp32, differentiable
+    logits: Tensor  # (N, E) fp32 (fp64 for fp64 inputs), differentiable
     indices: Tensor  # (N, k) int64, expert ids in descending-logit order
     weights: Tensor  # (N, k) fp32 softmax over the k selected logits (before any gate transform)
     counts: Tensor  # (E,) fp32, detached
@@ -67,7 +69,9 @@ class Router(nn.Module):
 
     def forward(self, x: Tensor) -> RoutingStats:
         """Route ``x`` (N, hidden)."""
-        logits = F.linear(x.float(), self.weight.float())
+        dtype = at_least_fp32(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.to(dtype), self.weight.to(dtype))
         if self.selection_bias is None:
             indices, top_logits = stable_topk(logits, self.top_k)
         else:

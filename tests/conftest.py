@@ -10,6 +10,19 @@ import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Tests whose assertions compare floating-point results of two computation orders (data parallel vs one process,
+# accumulation splits, dispatch layouts, transformers parity, optimizer references, exact resume). `.ci/run` runs
+# them a second time with another thread count, so CI sees a second reduction order (`-m numerics`).
+NUMERICS = ("tests/distributed/", "tests/moe/", "tests/models/", "tests/hyperp/", "tests/reliability/test_checkpoints.py",
+            "tests/reliability/test_sphere_invariants.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        if Path(str(item.path)).relative_to(root).as_posix().startswith(NUMERICS):
+            item.add_marker(pytest.mark.numerics)
+
 _WORDS = (
     "the a one every some model expert token layer sphere norm gate router loss step weight radius update train "
     "learns moves keeps routes balances measures grows falls stays small large stable quick slow bright quiet "
@@ -56,6 +69,7 @@ def tiny_overrides(corpus: Path, cache: Path, moe: bool = False, **extra: object
         "train.eval_batches": 2,
         "train.ckpt_every": 3,
         "train.log_every": 1,
+        "train.device": '"cpu"',  # CPU tests never pick a GPU by accident (auto would take CUDA + bf16 autocast)
         "log.wandb": '"disabled"',
         "log.progress": "false",
     }

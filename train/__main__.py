@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> Path:
     from train import distributed
-    from train.build import build_callbacks, build_components
+    from train.build import build_components
+    from train.callbacks import build_callbacks
     from train.checkpoint import list_checkpoints, write_atomic
     from train.config import dump_toml, load_config
     from train.loop import Trainer
@@ -61,7 +62,7 @@ def run(argv: list[str] | None = None) -> Path:
     env = distributed.init(cfg)  # torchrun: process group, rank, world size; plain run: inactive, one rank
     parts = build_components(cfg, env)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, run_dir, env))
+    trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, env))
     if args.resume:  # before anything in the run dir is written: a mismatching checkpoint changes nothing
         path = trainer.resume()
         if env.is_main:
@@ -78,7 +79,7 @@ def run(argv: list[str] | None = None) -> Path:
     distributed.shutdown(env)
     if not env.is_main:
         return run_dir
-    print(f"done: step {state.step}, val loss {trainer.last_val_loss:.4f}, run dir {run_dir}")
+    print(f"done: step {state.step}, val loss {state.last_val_loss:.4f}, run dir {run_dir}")
     if trainer.stop_reason:
         newest = list_checkpoints(run_dir)
         where = f"; checkpoint {newest[-1]}" if newest else ""

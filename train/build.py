@@ -1,4 +1,4 @@
-"""Builds the pieces of a run from its config: device, data, model, optimizer (with HyperP lr transfer), callbacks."""
+"""Builds the pieces of a run from its config: device, data, model, optimizer (HyperP lrs), MoE balance policy."""
 
 from __future__ import annotations
 
@@ -6,33 +6,31 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from hyperp import build_optimizer
-from hyperp.transfer import Scale, lr_multiplier
+from hyperp import CompositeOptimizer, build_optimizer
+from hyperp.errors import ConfigError
 from models.qwen3 import Qwen3, build_model
-from train.callbacks import Callback, JSONLLogger, PeriodicCheckpoint, ProgressBar, WandbLogger
+from moe.balance import BalancePolicy
 from train.config import RunConfig
-from train.monitors import monitor_callbacks
-from train.data import BatchSampler, PreparedData, prepare
+from train.data import BatchSampler, Prefetcher, PreparedData, prepare
 from train.distributed import DistEnv, checkpoint_activations, device_for, wrap
+from train.transfer import derive_run
 
 
 @dataclass
 class Components:
     model: Qwen3
-    optimizer: Any
+    optimizer: CompositeOptimizer
     data: PreparedData
-    sampler: BatchSampler
+    sampler: BatchSampler | Prefetcher  # data.prefetch > 0: batches built ahead in a thread, on the device
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
-    lr_scale: float
     dist: DistEnv = DistEnv()  # rank / world size under torchrun (train.distributed)
     train_model: torch.nn.Module | None = None  # what training calls: the DDP wrapper; None → model
+    balance: BalancePolicy | None = None  # how an MoE model is balanced (moe.balance); None for a dense model
 
 
 def seed_everything(seed: int) -> None:
@@ -45,8 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from hyperp.errors import ConfigError
-
         raise ConfigError("train.device='cuda' but no CUDA device is available")
     return torch.device(name)
 
@@ -59,21 +55,9 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def run_scale(cfg: RunConfig, world_size: int = 1) -> Scale:
-    """A run's point in the HyperP family: width, depth, training tokens, batch tokens, granularity."""
-    t = cfg.train
-    batch_tokens = float(t.grad_accum * t.batch_size * world_size * cfg.data.seq_len)
-    return Scale(width=cfg.model.hidden, depth=cfg.model.n_layers, tokens=batch_tokens * t.max_steps,
-                 batch_tokens=batch_tokens, granularity=cfg.model.moe.top_k if cfg.model.moe else 1)
-
-
-def transfer_scale(cfg: RunConfig, world_size: int = 1) -> float:
-    """HyperP lr multiplier from the ``[hyperp]`` base scale to this run's scale (1 when no base is given)."""
-    target, h = run_scale(cfg, world_size), cfg.hyperp
-    base = Scale(width=h.base_width or target.width, depth=h.base_depth or target.depth,
-                 tokens=h.base_tokens or target.tokens, batch_tokens=h.base_batch_tokens or target.batch_tokens,
-                 granularity=target.granularity)
-    return lr_multiplier(base, target)
+def param_dtype(cfg: RunConfig) -> torch.dtype:
+    """Parameters stay fp32 masters (bf16 comes from autocast / FSDP mixed precision) unless the run is fp64."""
+    return torch.float64 if cfg.train.dtype == "float64" else torch.float32
 
 
 def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
@@ -84,30 +68,18 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     data = prepare(cfg.data)
     if env.is_main:
         env.barrier()
-    sampler = data.sampler(cfg.train.batch_size, env.rank, env.world_size, grad_accum=cfg.train.grad_accum)
+    sampler = data.loader(cfg.train.batch_size, env.rank, env.world_size, cfg.train.grad_accum, device)
     if data.vocab_size > cfg.model.vocab_size:
-        from hyperp.errors import ConfigError
-
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
-    model = build_model(cfg.model).to(device)  # same seed on every rank: identical initial weights
+    # Same seed on every rank: identical initial weights (initialized in fp32, then cast for float64 runs).
+    model = build_model(cfg.model).to(device=device, dtype=param_dtype(cfg))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
-    lr_scale = transfer_scale(cfg, env.world_size)
-    optimizer = build_optimizer(model, cfg.optim, lr_scale=lr_scale, depth=cfg.model.n_layers)
-    return Components(model, optimizer, data, sampler, device, autocast_for(cfg, device), lr_scale, env,
-                      None if train_model is model else train_model)
-
-
-def build_callbacks(cfg: RunConfig, run_dir: Path, env: DistEnv = DistEnv()) -> list[Callback]:
-    # Monitors come first: they add their metrics to the step's dict before the loggers write it.
-    callbacks: list[Callback] = list(monitor_callbacks(cfg.monitor, run_dir))
-    if not env.is_main:  # only rank 0 logs; every rank takes part in the (collective) checkpoint save
-        return callbacks + [PeriodicCheckpoint(cfg.train.ckpt_every)]
-    if cfg.log.progress:
-        callbacks.append(ProgressBar(cfg.train.log_every))
-    callbacks.append(JSONLLogger(run_dir / "metrics.jsonl", cfg.train.log_every))
-    if cfg.log.wandb != "disabled":
-        callbacks.append(WandbLogger(cfg.log.wandb, cfg.log.wandb_project, run_dir))
-    callbacks.append(PeriodicCheckpoint(cfg.train.ckpt_every))
-    return callbacks
+    optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, env.world_size).transfer_factor,
+                                depth=cfg.model.n_layers)
+    balance = None if cfg.model.moe is None else BalancePolicy(cfg.model.moe, model)
+    if balance is not None:
+        balance.attach(optimizer)
+    return Components(model, optimizer, data, sampler, device, autocast_for(cfg, device), env,
+                      None if train_model is model else train_model, balance)

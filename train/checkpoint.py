@@ -1,29 +1,63 @@
-"""Atomic, verified checkpoints.
+"""Checkpoints: the whole save and resume path of a run, in one file.
 
-Layout: ``RUN_DIR/checkpoints/step_000123/{state.pt, manifest.json}``. A checkpoint is written into a temporary
-directory, every file is fsync'd, then the directory is renamed into place (atomic on POSIX) and the parent fsync'd,
-so a crash or kill at any moment leaves either the previous set or the new one, never a half checkpoint that looks
-valid. The manifest records the SHA-256 and size of ``state.pt``; loading verifies it, and ``latest`` falls back to
-the newest checkpoint that verifies. Only the newest ``keep`` checkpoints are kept, deleted after the new one landed.
+A run's state is a dict of Stateful objects (torchtitan ``components/checkpoint.py``: a ``CheckpointManager`` over
+``{"model", "optimizer", …, "train_state"}``, the trainer being one of them): ``model``, ``optimizer``, ``trainer``
+(its counters), ``callbacks`` and ``rng``, plus the run config. :class:`Checkpointer` saves and restores them
+through one of two storages:
+
+- single file (a plain process): ``state.pt`` holds every state dict;
+- sharded (a torchrun process group): torch.distributed.checkpoint shards of ``model`` and ``optimizer`` (keyed by
+  parameter name and resharded on load, so any world size — a single process included — resumes them) and
+  ``trainer.pt`` with the other states (written by rank 0).
+
+Both are written the same way: into a temporary directory, every file fsync'd, ``manifest.json`` (format, step, and
+the SHA-256 and size of every file) last, then renamed into place (atomic on POSIX), so a crash or kill at any
+moment leaves the previous set or the new one, never a half checkpoint that looks valid. Every destructive change is
+a rename first and a delete second (re-saving a step, pruning to the newest ``keep``). Resume takes the newest
+checkpoint whose files all verify, refuses one written for another model (naming the first differing key) before
+anything is changed, and restores every state and every RNG (Python, NumPy, torch CPU and CUDA).
+
+What goes into the files and how they are read back is :mod:`train.serialization`: tensors and plain data only,
+loaded without running code (``weights_only``, a restricted DCP reader) and memory-mapped rather than read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
+import random
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
+from torch import nn
 
-from hyperp.errors import CheckpointError
+from hyperp.optim import CompositeOptimizer
+from hyperp.optim.sharded import is_sharded
+from train import serialization
+from train.distributed import DistEnv
+from train.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the single-file manifest's "format"
+SHARDED_FORMAT = "dcp"
+TENSOR_STATES = ("model", "optimizer")  # what the sharded storage writes through torch.distributed.checkpoint
+STATE_FILE, TRAINER_FILE, MANIFEST = "state.pt", "trainer.pt", "manifest.json"
 _PREFIX = "step_"
+_T = TypeVar("_T")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------ files
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,6 +83,27 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _write_state(path: Path, state: Any) -> dict[str, Any]:
+    """Write ``state`` (tensors and plain data) to ``path``, fsync'd, streaming; returns its manifest entry."""
+    with open(path, "wb") as fh:
+        entry = serialization.dump(state, fh)
+        os.fsync(fh.fileno())
+    return entry
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    """SHA-256 and size of a file, read in chunks (a shard may not fit in memory twice)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -60,33 +115,25 @@ def _step_of(path: Path) -> int:
         return -1
 
 
-def save(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``state`` as checkpoint ``step`` atomically, then prune to the newest ``keep``.
-
-    Every destructive change is a rename first (atomic) and a delete second, so a kill at any moment leaves each
-    ``step_*`` directory either complete or absent: re-saving a step moves the old copy aside before the new one
-    lands, and pruned checkpoints are renamed out of the ``step_*`` namespace before they are deleted.
-    Checkpoints *newer* than ``step`` belong to a timeline abandoned by a resume that fell back past them (they
-    failed verification); they are renamed ``rejected-step_*`` so they can neither shadow nor evict this one.
-    """
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint directories of a run, oldest first."""
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def _publish(tmp: Path, step: int, keep: int) -> Path:
+    """Move the complete directory ``tmp`` into place as checkpoint ``step``, then prune to the newest ``keep``.
+
+    A kill at any moment leaves each ``step_*`` directory complete or absent: re-saving a step moves the old copy
+    aside before the new one lands, and pruned checkpoints leave the ``step_*`` namespace before they are deleted.
+    Checkpoints *newer* than ``step`` belong to a timeline abandoned by a resume that fell back past them (they failed
+    verification); they are renamed ``rejected-step_*`` so they can neither shadow nor evict this one.
+    """
+    root = tmp.parent
     final = root / f"{_PREFIX}{step:06d}"
-    tmp = root / f".tmp-{_PREFIX}{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    _write_file(tmp / "state.pt", payload)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "step": step,
-        "files": {"state.pt": {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}},
-    }
-    _write_file(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
-    _fsync_dir(tmp)
-    for newer in list_checkpoints(run_dir):
+    for newer in list_checkpoints(root.parent):
         if _step_of(newer) > step:
             os.rename(newer, root / f"rejected-{newer.name}-{os.getpid()}")
     old = root / f".old-{_PREFIX}{step:06d}-{os.getpid()}"
@@ -111,65 +158,279 @@ def _prune(root: Path, keep: int) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, oldest first."""
+def _fresh_tmp(run_dir: Path, step: int, tag: str) -> Path:
     root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{_PREFIX}{step:06d}-{tag}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one checkpoint directory, verifying its manifest; any problem → CheckpointError naming the file."""
-    manifest_path = path / "manifest.json"
+def _seal(tmp: Path, manifest: dict[str, Any], step: int, keep: int) -> Path:
+    """Write the manifest last, fsync the directory and publish it."""
+    _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _fsync_dir(tmp)
+    return _publish(tmp, step, keep)
+
+
+# ------------------------------------------------------------------------------------------------ verification
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
-        entry = manifest["files"]["state.pt"]
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no manifest.json (incomplete or not a checkpoint)") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} has no {MANIFEST} (incomplete or not a checkpoint)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint manifest {manifest_path} is corrupt") from None
     except OSError as err:
         raise CheckpointError(f"checkpoint manifest {manifest_path} cannot be read: {err.strerror}") from None
-    if not isinstance(entry, dict):
+    if not isinstance(manifest, dict):
         raise CheckpointError(f"checkpoint manifest {manifest_path} is corrupt")
-    state_path = path / "state.pt"
-    try:
-        payload = state_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {state_path} is missing") from None
-    except OSError as err:
-        raise CheckpointError(f"checkpoint file {state_path} cannot be read: {err.strerror}") from None
-    if len(payload) != entry.get("bytes") or hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
-        raise CheckpointError(f"checkpoint file {state_path} is corrupt or truncated (checksum mismatch)")
-    try:
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint to the user
-        raise CheckpointError(f"checkpoint file {state_path} cannot be read: {type(err).__name__}") from None
+    return manifest
+
+
+def _verify(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest of checkpoint ``path`` after checking every file it lists (``required`` among them)."""
+    manifest = _read_manifest(path)
+    files = manifest.get("files")
+    if (not isinstance(files, dict) or any(name not in files for name in required)
+            or not all(isinstance(entry, dict) for entry in files.values())):
+        raise CheckpointError(f"checkpoint manifest {path / MANIFEST} is corrupt")
+    for name, entry in files.items():
+        file = path / name
+        try:
+            found = _file_entry(file)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint file {file} is missing") from None
+        except OSError as err:
+            raise CheckpointError(f"checkpoint file {file} cannot be read: {err.strerror}") from None
+        if found != {"sha256": entry.get("sha256"), "bytes": entry.get("bytes")}:
+            raise CheckpointError(f"checkpoint file {file} is corrupt or truncated (checksum mismatch)")
+    return manifest
+
+
+def _read_state(file: Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> dict[str, Any]:
+    load = serialization.load_trusted if trusted else serialization.load
+    state = load(file, map_location)
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint file {state_path} does not hold a training state")
+        raise CheckpointError(f"checkpoint file {file} does not hold a training state")
     return state
 
 
-def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint that verifies; corrupt newer ones are reported and skipped."""
+def _newest_valid(run_dir: Path, read: Callable[[Path], _T], warn: bool = True) -> tuple[Path, _T]:
+    """The newest checkpoint that ``read`` accepts; corrupt newer ones are reported and skipped."""
     candidates = list_checkpoints(run_dir)
     if not candidates:
         raise CheckpointError(f"no checkpoint found in {checkpoint_dir(run_dir)}")
     problems: list[str] = []
     for path in reversed(candidates):
         try:
-            return path, load(path, map_location)
+            return path, read(path)
         except CheckpointError as err:
             problems.append(str(err))
-            warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
+            if warn:
+                warnings.warn(f"skipping checkpoint: {err}", stacklevel=3)
     raise CheckpointError(f"no valid checkpoint in {checkpoint_dir(run_dir)}: {problems[0]}")
+
+
+# ------------------------------------------------------------------------------------------------ single file
+
+
+def save(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` (every state dict of a run) as single-file checkpoint ``step``; prune to the newest ``keep``."""
+    tmp = _fresh_tmp(run_dir, step, str(os.getpid()))
+    entry = _write_state(tmp / STATE_FILE, state)
+    return _seal(tmp, {"format": FORMAT_VERSION, "step": step, "files": {STATE_FILE: entry}}, step, keep)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> dict[str, Any]:
+    """Load one single-file checkpoint directory after verifying it; any problem → CheckpointError naming the file.
+    ``trusted``: unpickle objects other than tensors and plain data (runs any code they hold; the converter's
+    ``--trust-checkpoint`` for old checkpoints)."""
+    _verify(path, (STATE_FILE,))
+    return _read_state(path / STATE_FILE, map_location, trusted)
+
+
+def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """The newest single-file checkpoint that verifies; corrupt newer ones are reported and skipped."""
+    return _newest_valid(run_dir, lambda path: load(path, map_location))
+
+
+# ------------------------------------------------------------------------------------------------ sharded (DCP)
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    try:
+        return _read_manifest(Path(path)).get("format") == SHARDED_FORMAT
+    except CheckpointError:
+        return False
+
+
+def save_sharded(run_dir: Path, step: int, plain: dict[str, Any], model: nn.Module, optimizer: CompositeOptimizer,
+                 env: DistEnv, keep: int) -> Path:
+    """Collective: every rank writes its shards of ``model``/``optimizer``; rank 0 adds ``plain`` (the other
+    states) as trainer.pt, hashes every file once all ranks are done, and seals and publishes the directory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    serialization.plain(plain)  # on every rank, before any collective: a refusal on rank 0 alone would hang the rest
+    tmp = checkpoint_dir(run_dir) / f".tmp-{_PREFIX}{step:06d}-{SHARDED_FORMAT}"  # one name for every rank
+    if env.is_main:
+        _fresh_tmp(run_dir, step, SHARDED_FORMAT)
+    env.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer.optimizers)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # returns once every rank has written
+    final = checkpoint_dir(run_dir) / f"{_PREFIX}{step:06d}"
+    if env.is_main:
+        _write_state(tmp / TRAINER_FILE, plain)
+        files = {p.name: _file_entry(p) for p in sorted(tmp.iterdir())}
+        _seal(tmp, {"format": SHARDED_FORMAT, "step": step, "world_size": env.world_size, "files": files}, step, keep)
+    env.barrier()
+    return final
+
+
+def read_sharded(path: Path, trusted: bool = False) -> dict[str, Any]:
+    """Verify a sharded checkpoint and return its trainer.pt (every state but the model and optimizer shards);
+    ``trusted`` as in :func:`load`. The shards' index is read (safely) here too, so that a bad one is refused before
+    the checkpoint is chosen."""
+    _verify(path, (TRAINER_FILE, serialization.DCP_METADATA))
+    serialization.PlainReader(path).read_metadata()
+    return _read_state(path / TRAINER_FILE, trusted=trusted)
+
+
+def load_sharded(path: Path, model: nn.Module, optimizer: CompositeOptimizer) -> None:
+    """Load the shards into ``model`` / ``optimizer`` at this process's world size (plain, DDP-inner or
+    FSDP2-sharded modules alike; no process group needed for a single process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    # get_state_dict initialises empty optimizer state with a zero-lr step; it runs before the weights are loaded.
+    model_sd, optim_sd = get_state_dict(model, optimizer.optimizers)
+    state = {"model": model_sd, "optim": optim_sd}
+    try:
+        with warnings.catch_warnings():  # a single process reading shards is intended here
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(state, storage_reader=serialization.PlainReader(path))
+        set_state_dict(model, optimizer.optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    except (Exception, dcp.api.CheckpointException) as err:  # noqa: BLE001 - DCP raises many types (one a BaseException)
+        raise serialization.refusal(err) or _does_not_fit(path, err) from None
+
+
+def model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model state dict of a sharded checkpoint, without building a model or optimizer."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        return _load_state_dict_from_keys(keys={"model"}, storage_reader=serialization.PlainReader(path))["model"]
+
+
+# ------------------------------------------------------------------------------------------------ the checkpointer
+
+
+class RNGState:
+    """Every random generator of the process as one Stateful: Python, NumPy, torch CPU and every CUDA device.
+
+    Kept as tensors and plain numbers. Under torchrun rank 0's states are saved and restored on every rank (all ranks
+    are seeded alike); CUDA states are restored for the devices this process sees.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"python": [version, list(internal), gauss],
+                "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "cached_gaussian": float(cached)},
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "python" in state:  # checkpoints written before these were saved restore torch's generators only
+            version, internal, gauss = state["python"]
+            random.setstate((version, tuple(internal), gauss))
+            n = state["numpy"]
+            np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                 n["cached_gaussian"]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+class Checkpointer:
+    """Saves and resumes ``states`` (name → Stateful; ``model`` and ``optimizer`` required) with the run ``config``.
+
+    Single-file storage in a plain process, sharded storage under torchrun (``env.active``); resume reads either.
+    """
+
+    def __init__(self, run_dir: Path, states: dict[str, Stateful], config: dict[str, Any], keep: int,
+                 env: DistEnv = DistEnv(), map_location: str | torch.device = "cpu") -> None:
+        self.run_dir, self.states, self.config, self.keep = Path(run_dir), states, config, keep
+        self.env, self.map_location = env, map_location
+        self.model: nn.Module = states["model"]  # type: ignore[assignment]
+        self.optimizer: CompositeOptimizer = states["optimizer"]  # type: ignore[assignment]
+
+    def save(self, step: int) -> Path:
+        plain = {"config": self.config} | {k: s.state_dict() for k, s in self.states.items() if k not in TENSOR_STATES}
+        if self.env.active:
+            return save_sharded(self.run_dir, step, plain, self.model, self.optimizer, self.env, self.keep)
+        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return save(self.run_dir, step, plain | tensors, self.keep)
+
+    def resume(self) -> Path:
+        """Load the newest valid checkpoint; a mismatch → one-line CheckpointError before anything is changed."""
+        path, plain = _newest_valid(self.run_dir, self._read, warn=self.env.is_main)
+        self._check_config(path, plain)
+        sharded = is_sharded_checkpoint(path)
+        if not sharded and any(is_sharded(p) for p in self.model.parameters()):
+            raise CheckpointError("train.parallel='fsdp' resumes only distributed checkpoints; convert or use ddp")
+        try:
+            if sharded:
+                load_sharded(path, self.model, self.optimizer)
+            for name, stateful in self.states.items():
+                if name not in TENSOR_STATES or not sharded:
+                    stateful.load_state_dict(plain[name])
+        except CheckpointError:  # a refusal of the shards' contents says so itself
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise _does_not_fit(path, err) from None
+        return path
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        return read_sharded(path) if is_sharded_checkpoint(path) else load(path, self.map_location)
+
+    def _check_config(self, path: Path, plain: dict[str, Any]) -> None:
+        try:
+            saved = plain["config"]["model"]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
+        diff = _first_difference(saved, self.config["model"], "model")
+        if diff is not None:
+            raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's: {diff}")
+
+
+def _does_not_fit(path: Path, err: BaseException) -> CheckpointError:
+    first = (str(err).strip().splitlines() or [""])[0][:200]  # torch's load_state_dict messages span lines
+    return CheckpointError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {first})")
+
+
+def _first_difference(saved: Any, current: Any, key: str) -> str | None:
+    """``"model.hidden: checkpoint 32, this run 64"`` for the first differing config key, else None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for k in sorted(set(saved) | set(current)):
+            diff = _first_difference(saved.get(k), current.get(k), f"{key}.{k}")
+            if diff is not None:
+                return diff
+        return None
+    return None if saved == current else f"{key}: checkpoint {saved!r}, this run {current!r}"
 
 
 def load_model_from_run(run_dir: Path, map_location: str = "cpu"):  # -> tuple[Qwen3, Tokenizer | None]
     """The model of a run's newest valid checkpoint (eval mode) and the tokenizer saved with the run."""
     from models.qwen3 import build_model
-    from train.config import build, RunConfig
+    from train.config import RunConfig, build
     from train.tokenizer import load_tokenizer
 
     path, state = load_latest(Path(run_dir), map_location)

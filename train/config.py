@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hyperp.errors import ConfigError
+from hyperp.errors import ConfigError, check_choice
 from hyperp.optim.config import OptimConfig
 from models.config import ModelConfig
 from train.data import DataConfig
@@ -42,7 +42,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU. float64: parameters and activations in fp64 (numerical tests:
+    # rounding ~1e-16 makes two reduction orders comparable with a machine-independent bound).
+    dtype: Literal["auto", "float32", "bfloat16", "float64"] = "auto"
     max_nonfinite: int = 5  # consecutive skipped (NaN/Inf) steps before the run stops
     # Data parallelism under torchrun (train.distributed; ignored in a plain single-process run). batch_size is
     # per rank: the global batch is batch_size × grad_accum × world_size.
@@ -108,8 +110,8 @@ def _drop_none(value: Any) -> Any:
     """TOML has no null: omit unset optional fields so a saved config loads back."""
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (tuple, list)):  # e.g. data.sources, a list of tables
+        return [_drop_none(v) for v in value]
     return value
 
 
@@ -134,9 +136,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{key}={value!r} has the wrong type")
     if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(repr, allowed))}")
+        check_choice(key, value, typing.get_args(hint))
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -284,4 +284,6 @@ def _toml_value(value: Any) -> str:
         return repr(value) if value == value and value not in (float("inf"), float("-inf")) else f'"{value}"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (data.sources entries)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)

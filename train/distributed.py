@@ -11,37 +11,29 @@ process group (NCCL on CUDA, gloo on CPU) and everything else reads the returned
   transformer block and then the root (parameters become DTensors sharded on dim 0; bf16 compute with fp32
   gradient reduction on CUDA via ``MixedPrecisionPolicy``). The sphere optimizers handle the shards
   (:mod:`hyperp.optim.sharded`); torch's Adam/AdamW handle DTensors natively.
-- Checkpoints (:func:`save`, :func:`load_into`): a torch.distributed.checkpoint directory per step (model + optimizer
-  state keyed by parameter name, resharded on load, so any world size — including a plain single process — can
-  resume it) plus ``trainer.pt`` (config, counters, callback state, rng; written by rank 0) and the
-  ``manifest.json`` that marks the checkpoint complete. ``python -m train.convert`` turns one into the single-file
-  format (and an HF export).
+- Gradient accumulation: gradients are all-reduced only in the backward of the last micro-batch of a step
+  (:func:`set_grad_sync`; nanoGPT's ``require_backward_grad_sync``, FSDP2's ``set_requires_gradient_sync``).
+- Checkpoints: the sharded storage of :mod:`train.checkpoint` (torch.distributed.checkpoint, any world size).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
-from hyperp.errors import CheckpointError, ConfigError
+from hyperp.dtypes import at_least_fp32
+from hyperp.errors import ConfigError
+from hyperp.optim.sharded import full
+from train.config import RunConfig
 
-if TYPE_CHECKING:
-    from train.config import RunConfig
-    from train.loop import Trainer
-
-DCP_FORMAT = "dcp"
 _OWN_GROUP = False  # whether init() opened the process group (and shutdown() may close it)
-TRAINER_FILE = "trainer.pt"
 
 
 @dataclass(frozen=True)
@@ -66,7 +58,8 @@ class DistEnv:
         if not self.active or not values:
             return values
         names = list(values)
-        stacked = torch.stack([torch.as_tensor(values[n]).detach().float().reshape(()) for n in names])
+        scalars = [torch.as_tensor(values[n]).detach().reshape(()) for n in names]
+        stacked = torch.stack(scalars).to(at_least_fp32(scalars[0].dtype))  # fp64 runs keep fp64 means
         dist.all_reduce(stacked)
         stacked /= self.world_size
         return dict(zip(names, stacked.unbind(), strict=True))
@@ -152,12 +145,8 @@ def wrap(model: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device) -
     if not env.active:
         return model
     if cfg.train.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    bf16 = device.type == "cuda" and cfg.train.dtype != "float32"
+    bf16 = device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16")
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for block in model.layers:
         fully_shard(block, mp_policy=mp)
@@ -165,146 +154,17 @@ def wrap(model: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device) -
     return model
 
 
+def set_grad_sync(train_model: nn.Module, enabled: bool) -> None:
+    """Whether the next backward all-reduces gradients: only on the last micro-batch of a step, so accumulation
+    costs one reduction per step (nanoGPT sets ``require_backward_grad_sync`` on the last micro-step; it is what
+    ``DistributedDataParallel.no_sync`` toggles). The mean over ranks of the summed micro-batch gradients equals
+    the sum of per-micro-batch means, up to float summation order."""
+    if isinstance(train_model, DistributedDataParallel):
+        train_model.require_backward_grad_sync = enabled
+    elif isinstance(train_model, FSDPModule):
+        train_model.set_requires_gradient_sync(enabled)
+
+
 def full_norm(value: torch.Tensor) -> torch.Tensor:
     """A total norm that FSDP2's ``clip_grad_norm_`` returns as a DTensor, as a plain tensor."""
-    from hyperp.optim.sharded import full
-
     return full(value)
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
-    return list(getattr(optimizer, "optimizers", [optimizer]))
-
-
-def is_dcp(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text()).get("format") == DCP_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def save(trainer: Trainer) -> Path:
-    """Collective: every rank writes its shards into one directory; rank 0 adds trainer.pt and the manifest,
-    then renames the directory into place (a crash leaves no checkpoint that looks complete)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from train import checkpoint as ckpt
-
-    env, step = trainer.dist, trainer.state.step
-    root = ckpt.checkpoint_dir(trainer.run_dir)
-    final, tmp = root / f"step_{step:06d}", root / f".tmp-step_{step:06d}-dcp"
-    if env.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    env.barrier()
-    model_sd, optim_sd = get_state_dict(trainer.model, _optimizers(trainer.optimizer))
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    if env.is_main:
-        extra = trainer.checkpoint_state()
-        del extra["model"], extra["optimizer"]  # in the DCP shards
-        extra["world_size"] = env.world_size
-        ckpt._write_file(tmp / TRAINER_FILE, _to_bytes(extra))
-        manifest = {"format": DCP_FORMAT, "step": step, "world_size": env.world_size}
-        ckpt._write_file(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
-        ckpt._fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        ckpt._fsync_dir(root)
-        ckpt._prune(root, trainer.cfg.train.keep_checkpoints)
-    env.barrier()
-    return final
-
-
-def _to_bytes(obj: Any) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def read_extra(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(Path(path) / TRAINER_FILE, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"distributed checkpoint {path} has no {TRAINER_FILE}") from None
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint to the user
-        raise CheckpointError(f"{Path(path) / TRAINER_FILE} cannot be read: {type(err).__name__}") from None
-
-
-def load_into(path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """Load a DCP checkpoint into ``model`` / ``optimizer`` at this process's world size (plain, DDP-inner or
-    FSDP2-sharded modules alike; no process group needed for a single process). Returns trainer.pt's contents."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    extra = read_extra(path)
-    optimizers = _optimizers(optimizer)
-    # get_state_dict initialises empty optimizer state with a zero-lr step; it runs before the weights are loaded.
-    model_sd, optim_sd = get_state_dict(model, optimizers)
-    state = {"model": model_sd, "optim": optim_sd}
-    try:
-        with warnings.catch_warnings():  # a single process reading shards is intended here
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-            dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    except Exception as err:  # noqa: BLE001 - DCP raises several types; the user needs one line
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"distributed checkpoint {path} does not fit this run ({type(err).__name__}: {first})") from None
-    return extra
-
-
-def latest(run_dir: Path) -> Path | None:
-    """The newest checkpoint directory of a run if it is a complete DCP checkpoint, else None."""
-    from train.checkpoint import list_checkpoints
-
-    found = list_checkpoints(run_dir)
-    return found[-1] if found and is_dcp(found[-1]) else None
-
-
-def resume(trainer: Trainer, path: Path) -> Path:
-    """Continue ``trainer`` from DCP checkpoint ``path`` (any world size)."""
-    from train.loop import TrainState
-
-    extra = read_extra(path)
-    if extra["config"]["model"] != trainer.cfg.to_dict()["model"]:
-        raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's")
-    load_into(path, trainer.model, trainer.optimizer)
-    trainer.load_callback_states(extra["callbacks"])
-    trainer.state = TrainState(**extra["trainer"])
-    torch.set_rng_state(extra["rng"]["torch"])
-    trainer.last_val_loss = extra.get("last_val_loss", float("nan"))
-    return path
-
-
-def model_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The full (unsharded) model state dict of a DCP checkpoint, without building a model or optimizer."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(path))["model"]
-
-
-def to_single_file(path: Path) -> dict[str, Any]:
-    """A DCP checkpoint as the single-process checkpoint dict (:meth:`train.loop.Trainer.checkpoint_state`)."""
-    from hyperp import build_optimizer
-    from models.qwen3 import build_model
-    from train.build import transfer_scale
-    from train.config import RunConfig, build
-
-    extra = read_extra(path)
-    cfg = build(RunConfig, extra["config"])
-    model = build_model(cfg.model)
-    optimizer = build_optimizer(model, cfg.optim, lr_scale=transfer_scale(cfg, extra.get("world_size", 1)))
-    load_into(path, model, optimizer)
-    state = {k: v for k, v in extra.items() if k != "world_size"}
-    state["model"] = model.state_dict()
-    state["optimizer"] = optimizer.state_dict()
-    return state

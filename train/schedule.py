@@ -1,4 +1,4 @@
-"""Learning-rate schedule as a multiplier of each group's ``base_lr``.
+"""Learning-rate schedule as a factor of each group's peak lr ``base_lr`` (the HyperP-derived lr, :mod:`train.transfer`).
 
 HyperP (ArchScale ``pretrain.py``) uses no warmup under MuonH and a linear decay to ``min_lr_mult`` × peak.
 """
@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from train.config import TrainConfig
 
 
-def lr_multiplier(step: int, cfg: TrainConfig) -> float:
-    """Multiplier for optimizer step ``step`` (0-based): linear warmup, then decay to ``min_lr_mult`` at the end."""
+def schedule_factor(step: int, cfg: TrainConfig) -> float:
+    """The factor for optimizer step ``step`` (0-based): linear warmup, then decay to ``min_lr_mult`` at the end."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.decay == "constant":
@@ -25,6 +27,6 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_mult + (1.0 - cfg.min_lr_mult) * shape
 
 
-def set_lr(optimizer, multiplier: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * multiplier
+        group["lr"] = group["base_lr"] * factor

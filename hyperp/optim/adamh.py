@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hyperp.errors import ConfigError
+from hyperp.dtypes import at_least_fp32
 from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
@@ -31,12 +31,12 @@ class AdamH(MatrixOptimizer):
         eps: float = 1e-8,
         expert_sphere: str = "per_expert",
     ) -> None:
-        if not lr >= 0:
-            raise ConfigError(f"optim.lr={lr} must be >= 0")
+        if not lr >= 0:  # as torch.optim.Adam; the config keys are named by OptimConfig
+            raise ValueError(f"invalid learning rate: {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ConfigError(f"optim.betas={betas} must lie in [0, 1)")
+            raise ValueError(f"invalid betas: {betas}")
         if not eps >= 0:
-            raise ConfigError(f"optim.eps={eps} must be >= 0")
+            raise ValueError(f"invalid epsilon: {eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, expert_sphere=check_mode(expert_sphere))
         super().__init__(params, defaults)
 
@@ -47,14 +47,14 @@ class AdamH(MatrixOptimizer):
         state = self.state[p]
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=at_least_fp32(p.dtype))
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=at_least_fp32(p.dtype))
             state["radius"] = init_radius(full(p), group["expert_sphere"])  # full even when p is sharded
         beta1, beta2 = group["betas"]
         state["step"] += 1
         step = float(state["step"])
         # Element-wise on this rank's shard (moments stay sharded like p); only the norms are global.
-        g = local(grad).to(torch.float32)
+        g = local(grad).to(state["exp_avg"].dtype)
         exp_avg, exp_avg_sq = local(state["exp_avg"]), local(state["exp_avg_sq"])
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from hyperp.errors import ConfigError
-from hyperp.optim.muonh import ADJUST_LR_FNS
-from hyperp.optim.newton_schulz import COEFFICIENT_SETS
-from hyperp.optim.sphere import EXPERT_SPHERE_MODES
+from hyperp.errors import ConfigError, check_choices
+from hyperp.optim.muonh import AdjustLr
+from hyperp.optim.newton_schulz import CoefficientSet
+from hyperp.optim.sphere import ExpertSphere
 
-OPTIMIZERS = ("muonh", "adamh", "muon", "adamw")
-WEIGHT_DECAY_MODES = ("coupled", "independent")
+OptimizerName = Literal["muonh", "adamh", "muon", "adamw"]
+# Each optimizer's own default peak lr: one shared default silently gave AdamW a sphere-sized lr. MuonH/AdamH: the
+# angular step of the tiny presets (HyperP's η₀ = 1.4e-2 at d8); Muon (match-RMS adjusted) and AdamW: the optima of
+# the tiny-scale sweep (benchmarks/results/speedup.md: Muon 1.2e-2; AdamW 4e-3 on MoE … 1.2e-2 on dense).
+DEFAULT_LRS: dict[str, float] = {"muonh": 0.02, "adamh": 0.02, "muon": 0.012, "adamw": 0.004}
+WeightDecayMode = Literal["coupled", "independent"]
 
 
 @dataclass
 class OptimConfig:
     """Which optimizer and its hyperparameters.
 
-    - ``lr``: peak lr of the sphere/matrix groups (HyperP base η₀ ≈ 1.4e-2 for MuonH at d8; scaled by
-      :mod:`hyperp.transfer` through ``lr_scale``).
+    - ``lr``: peak lr of the sphere/matrix groups at the HyperP base scale (η₀ ≈ 1.4e-2 for MuonH at d8; a run's
+      lr is derived by :mod:`hyperp.transfer`). None → the optimizer's default (``DEFAULT_LRS``).
     - ``adam_lr``: None → the Adam group (embedding, norms) uses the same lr as the sphere groups (ArchScale);
-      a number → an absolute lr for it (Marin, ≈ lr/4.33).
+      a number → its own lr at the base scale (Marin, ≈ lr/4.33), transferred by the same HyperP factor.
     - ``weight_decay``: baselines only (AdamW, Muon); the sphere groups have none.
     - ``weight_decay_mode``: ``"coupled"`` (torch: each step ``W ← W·(1 − lr_t·wd)``, so the decay grows with the
       peak lr) or ``"independent"`` (``W ← W·(1 − wd·lr_t/η_peak)``: the decay follows the schedule but not the
@@ -40,31 +45,29 @@ class OptimConfig:
     - ``grad_clip``: global grad-norm clip applied by the training loop (ArchScale: 1.0); 0 disables.
     """
 
-    name: str = "muonh"
-    lr: float = 0.02
+    name: OptimizerName = "muonh"
+    lr: float | None = None
     adam_lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
     momentum: float = 0.95
     ns_steps: int = 5
-    ns_coefficients: str = "torch"
-    expert_sphere: str = "per_expert"
+    ns_coefficients: CoefficientSet = "torch"
+    expert_sphere: ExpertSphere = "per_expert"
     router_on_sphere: bool = True
     head_on_sphere: bool = True
-    muon_adjust_lr: str = "match_rms_adamw"
-    weight_decay_mode: str = "coupled"
+    muon_adjust_lr: AdjustLr = "match_rms_adamw"
+    weight_decay_mode: WeightDecayMode = "coupled"
     wd_base_depth: int | None = None
     decay_head: bool = True
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-        _choice("name", self.name, OPTIMIZERS)
-        _choice("ns_coefficients", self.ns_coefficients, COEFFICIENT_SETS)
-        _choice("expert_sphere", self.expert_sphere, EXPERT_SPHERE_MODES)
-        _choice("muon_adjust_lr", self.muon_adjust_lr, ADJUST_LR_FNS)
-        _choice("weight_decay_mode", self.weight_decay_mode, WEIGHT_DECAY_MODES)
+        check_choices(self, "optim")
+        if self.lr is None:
+            self.lr = DEFAULT_LRS[self.name]
         _check(self.lr > 0, f"optim.lr={self.lr} must be > 0")
         _check(self.adam_lr is None or self.adam_lr > 0, f"optim.adam_lr={self.adam_lr} must be > 0")
         _check(
@@ -87,7 +90,3 @@ class OptimConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, f"optim.{field}={value!r} must be one of {', '.join(allowed)}")

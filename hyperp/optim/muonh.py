@@ -17,20 +17,21 @@ Per step, for each 2-D matrix or stacked (E, out, in) expert tensor:
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from hyperp.errors import ConfigError
 from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.newton_schulz import Coeffs, newton_schulz, schedule
 from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
 
-ADJUST_LR_FNS = ("original", "match_rms_adamw", "spectral_norm", "none")
+AdjustLr = Literal["original", "match_rms_adamw", "spectral_norm", "none"]
+ADJUST_LR_FNS: tuple[str, ...] = typing.get_args(AdjustLr)
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
@@ -66,14 +67,16 @@ class MuonH(MatrixOptimizer):
         adjust_lr_fn: str | None = None,
         ns_dtype: torch.dtype | None = None,
     ) -> None:
+        # Arguments of the optimizer, checked as torch.optim checks its own; the config keys that feed them are
+        # validated (and named) by hyperp.optim.config.OptimConfig.
         if not lr >= 0:
-            raise ConfigError(f"optim.lr={lr} must be >= 0")
+            raise ValueError(f"invalid learning rate: {lr}")
         if not 0 <= momentum < 1:
-            raise ConfigError(f"optim.momentum={momentum} must be in [0, 1)")
+            raise ValueError(f"invalid momentum: {momentum}")
         if not weight_decay >= 0:
-            raise ConfigError(f"optim.weight_decay={weight_decay} must be >= 0")
+            raise ValueError(f"invalid weight_decay: {weight_decay}")
         if adjust_lr_fn is not None and adjust_lr_fn not in ADJUST_LR_FNS:
-            raise ConfigError(f"optim.muon_adjust_lr={adjust_lr_fn!r} must be one of {ADJUST_LR_FNS}")
+            raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r} must be one of {ADJUST_LR_FNS}")
         schedule(ns_coefficients, ns_steps)  # validate early
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coefficients=ns_coefficients,

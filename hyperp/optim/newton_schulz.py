@@ -13,7 +13,9 @@ call, never a Python loop. Two coefficient sets:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +33,8 @@ ARCHSCALE_SCHEDULE: tuple[Coeffs, ...] = (
     (2.8769, -3.1427, 1.2046),
     (2.8366, -3.0525, 1.2012),
 )
-COEFFICIENT_SETS = ("torch", "archscale")
+CoefficientSet = Literal["torch", "archscale"]
+COEFFICIENT_SETS: tuple[str, ...] = typing.get_args(CoefficientSet)
 
 
 def schedule(coefficients: str | Coeffs | Sequence[Coeffs], steps: int) -> list[Coeffs]:
@@ -56,9 +59,12 @@ def schedule(coefficients: str | Coeffs | Sequence[Coeffs], steps: int) -> list[
     return [tuple(float(x) for x in t) for t in seq]  # type: ignore[misc]
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators (speed; Muon is robust to it), fp32 on CPU (bf16 matmul is slow there)."""
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+def default_dtype(G: Tensor) -> torch.dtype:
+    """bf16 on accelerators (speed; Muon is robust to it), fp32 on CPU (bf16 matmul is slow there); fp64 input
+    stays fp64 (numerical tests compare reduction orders at fp64 rounding, see ``train.dtype = "float64"``)."""
+    if G.dtype == torch.float64:
+        return torch.float64
+    return torch.float32 if G.device.type == "cpu" else torch.bfloat16
 
 
 def newton_schulz(
@@ -75,7 +81,7 @@ def newton_schulz(
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a (..., m, n) tensor, got shape {tuple(G.shape)}")
     coefs = schedule(coefficients, steps)
-    X = G.to(dtype or default_dtype(G.device))
+    X = G.to(dtype or default_dtype(G))
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
+
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 except ImportError:  # pragma: no cover - torch without DTensor: nothing is ever sharded
@@ -59,7 +61,7 @@ def local_slice(whole: Tensor, like: Tensor) -> Tensor:
 def sharded_norm(like: Tensor, mode: str = "per_expert") -> Callable[[Tensor], Tensor]:
     """A ``frobenius_norm`` for the local shards of tensors sharded as ``like``: the norm of the *whole* matrix.
 
-    Sum of squares over the normalized dims (fp32), all-reduced over every mesh dim that shards one of them.
+    Sum of squares over the normalized dims (fp32, fp64 for fp64), all-reduced over every mesh dim that shards one of them.
     """
     ndim = like.ndim
     dims = tuple(range(ndim)) if mode == "joint" else (ndim - 2, ndim - 1)
@@ -67,7 +69,7 @@ def sharded_norm(like: Tensor, mode: str = "per_expert") -> Callable[[Tensor], T
               if isinstance(pl, Shard) and pl.dim % ndim in dims]
 
     def norm(x: Tensor, mode: str = mode) -> Tensor:
-        sq = x.to(torch.float32).square().sum(dim=dims, keepdim=True)
+        sq = x.to(at_least_fp32(x.dtype)).square().sum(dim=dims, keepdim=True)
         for group in groups:
             dist.all_reduce(sq, group=group)
         return sq.sqrt()

@@ -19,19 +19,23 @@ init, since Newton–Schulz gives every expert a direction of the same norm.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.errors import ConfigError
 
-EXPERT_SPHERE_MODES = ("per_expert", "joint")
+ExpertSphere = Literal["per_expert", "joint"]
+EXPERT_SPHERE_MODES: tuple[str, ...] = typing.get_args(ExpertSphere)
 
 
 def check_mode(mode: str) -> str:
     if mode not in EXPERT_SPHERE_MODES:
-        raise ConfigError(f"optim.expert_sphere={mode!r} must be one of {EXPERT_SPHERE_MODES}")
+        raise ValueError(f"expert_sphere={mode!r} must be one of {EXPERT_SPHERE_MODES}")
     return mode
 
 
@@ -43,7 +47,7 @@ def frobenius_norm(x: Tensor, mode: str = "per_expert") -> Tensor:
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
     """fp32 accumulation for low-precision parameters, fp64 kept for fp64 ones."""
-    return torch.promote_types(x.dtype, torch.float32)
+    return at_least_fp32(x.dtype)
 
 
 def init_radius(param: Tensor, mode: str = "per_expert") -> Tensor:

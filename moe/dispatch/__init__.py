@@ -2,7 +2,9 @@
 
 A backend is ``fn(x (N, H), indices (N, k), weights (N, k), experts) -> (N, H)`` computing
 Σ_j weights[:, j] · Expert_{indices[:, j]}(x), dropless (no capacity factor, no dropped tokens). ``weights`` are
-already gate-transformed (√g under SqrtGate), so backends know nothing about gate modes.
+already gate-transformed (√g under SqrtGate), so backends know nothing about gate modes. Every backend returns
+the output in :func:`moe.dispatch.precision.compute_dtype` (autocast's dtype under autocast, else x's); the torch and
+megablocks backends cast their operands themselves because autocast does not reach their grouped matmuls.
 """
 
 from __future__ import annotations
@@ -33,11 +35,7 @@ def get_dispatch(name: str, device: _torch.device | str = "cpu") -> DispatchFn:
 
 
 def _megablocks_available() -> bool:
-    try:
-        module = importlib.import_module("moe.dispatch.megablocks")
-        return module.available()
-    except ImportError:
-        return False
+    return importlib.import_module("moe.dispatch.megablocks").available()
 
 
 __all__ = ["DispatchFn", "get_dispatch"]

@@ -18,6 +18,9 @@ fresh (S, ·) temporaries (page faults) cost more on CPU than the matmuls' gap t
 
 grouped_mm needs fp32/bf16/fp16 operands whose strides are multiples of 16 bytes; anything else (fp64, odd
 sizes, a device whose kernel refuses) goes through a per-expert loop over host-side counts, same maths.
+
+Precision: the matmuls run in :func:`moe.dispatch.precision.compute_dtype` (autocast's dtype under autocast, else
+the input's), the output is in that dtype, and the gradients of fp32 master weights come back in fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moe.dispatch.precision import compute_dtype, expert_operands
 from moe.experts import Experts
 
 _GMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -34,7 +38,8 @@ FORCE_LAYOUT: str | None = None  # "grouped" | "padded": tests pin a layout; Non
 
 
 def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts) -> Tensor:
-    return _GroupedSwiGLU.apply(x, weights, experts.w_gate, experts.w_up, experts.w_down, indices)
+    x, w_gate, w_up, w_down = expert_operands(x, experts, compute_dtype(x))  # grouped_mm has no autocast kernel
+    return _GroupedSwiGLU.apply(x, weights, w_gate, w_up, w_down, indices)
 
 
 def _gmm_ok(*tensors: Tensor) -> bool:

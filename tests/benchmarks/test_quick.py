@@ -15,7 +15,7 @@ import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CPU_SCRIPTS = ["moe_layer", "optim_step", "train_step"]
-GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu"]
+GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu", "optim_step_gpu"]
 
 
 def _main(name: str):
@@ -40,3 +40,11 @@ def test_gpu_benchmark_quick(script, tmp_path, capsys):
         assert "| ---" in out.read_text()
     else:
         assert "skipped" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.slow  # three fresh processes (one per way of resuming), each importing torch
+def test_checkpoint_memory_quick(tmp_path):
+    out = tmp_path / "result.md"
+    assert _main("checkpoint_memory")(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "load average" in text and "| ---" in text and text.count("| read_bytes") == 1

@@ -35,3 +35,10 @@ def test_bad_values_name_the_field(kwargs: dict, message: str) -> None:
 def test_defaults_valid() -> None:
     cfg = OptimConfig()
     assert cfg.name == "muonh" and cfg.adam_lr is None and cfg.betas == (0.9, 0.95)
+
+
+def test_each_optimizer_has_its_own_default_lr() -> None:
+    """AdamW must not inherit the sphere optimizers' lr (0.02 is 5× AdamW's tiny-scale optimum, speedup.md)."""
+    assert {n: OptimConfig(name=n).lr for n in ("muonh", "adamh", "muon", "adamw")} == {
+        "muonh": 0.02, "adamh": 0.02, "muon": 0.012, "adamw": 0.004}
+    assert OptimConfig(name="adamw", lr=0.01).lr == 0.01  # an explicit lr wins

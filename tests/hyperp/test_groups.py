@@ -73,11 +73,11 @@ def test_placement_per_role(name: str) -> None:
 
 def test_router_in_adam_and_lr_scales() -> None:
     cfg = OptimConfig(lr=0.02, adam_lr=0.004, router_on_sphere=False, muon_adjust_lr="original")
-    groups = {g["name"]: g for g in param_groups(Tiny(), cfg, lr_scale=0.5)}
+    groups = {g["name"]: g for g in param_groups(Tiny(), cfg, transfer_factor=0.5)}
     assert groups["sphere"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.01)
-    assert groups["adam"]["lr"] == pytest.approx(0.004)  # absolute (Marin)
+    assert groups["adam"]["lr"] == pytest.approx(0.002)  # Marin's own Adam lr, transferred like the matrix lr
     assert len(groups["adam"]["params"]) == 3  # embed, norm, router
-    same = {g["name"]: g for g in param_groups(Tiny(), OptimConfig(lr=0.02), lr_scale=0.5)}
+    same = {g["name"]: g for g in param_groups(Tiny(), OptimConfig(lr=0.02), transfer_factor=0.5)}
     assert same["adam"]["lr"] == pytest.approx(0.01)  # ArchScale: Adam group shares the sphere lr
 
 
@@ -86,6 +86,32 @@ def test_schedule_reaches_inner_groups() -> None:
     for g in opt.param_groups:
         g["lr"] = g["base_lr"] * 0.5
     assert all(g["lr"] == 0.5 * g["base_lr"] for inner in opt.optimizers for g in inner.param_groups)
+
+
+def test_container_is_an_optimizer_hooks_and_lr_schedulers_reach_inner_groups() -> None:
+    """A torch LR scheduler and step hooks on the container act on the inner optimizers (torchtitan's container)."""
+    model = Tiny()
+    opt = build_optimizer(model, OptimConfig(lr=0.01))
+    assert isinstance(opt, torch.optim.Optimizer)
+    seen: list[object] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch)
+    for expected in (0.01, 0.005, 0.0025):
+        assert [g["lr"] for inner in opt.optimizers for g in inner.param_groups] == pytest.approx([expected] * 3)
+        model(torch.tensor([1, 2, 3])).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+    assert seen == [opt] * 3
+    assert "radius" in opt.state[model.proj] and "exp_avg" in opt.state[model.norm]  # MuonH's / Adam's state
+    owned = [{id(p) for g in inner.param_groups for p in g["params"]} for inner in opt.optimizers]
+    assert all({id(p) for p in inner.state} <= ids for inner, ids in zip(opt.optimizers, owned))  # no stray entries
+    assert len(opt.state) == len(list(model.parameters()))
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # replaces the inner group dicts and state objects
+    for g in opt.param_groups:
+        g["lr"] = 0.125
+    assert [g["lr"] for inner in opt.optimizers for g in inner.param_groups] == [0.125] * 3
+    assert "exp_avg" in opt.state[model.norm]
 
 
 def test_undeclared_parameter_raises() -> None:

@@ -1,5 +1,5 @@
 """MoE interop: standard-gate MoE ↔ transformers' Qwen3MoeForCausalLM, SqrtGate / shared-expert exports with shipped
-modeling code (trust_remote_code), and the export CLI on a hand-built run directory. All offline, fp32, tiny."""
+modeling code (trust_remote_code). All offline, fp32, tiny (the export CLI over a run: tests/train/test_export.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from hyperp.errors import ConfigError
 from models.config import ModelConfig
-from models.hf import export_dir, from_hf, main, to_hf
+from models.hf import export_dir, from_hf, to_hf
 from models.qwen3 import Qwen3
 from moe.config import MoEConfig
 
@@ -130,37 +130,6 @@ def test_plain_to_hf_refuses_what_it_cannot_represent(gate: str, shared: bool) -
     with pytest.raises(ConfigError, match="export_dir") as info:
         to_hf(Qwen3(tiny_moe(gate=gate, shared=shared)))
     assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize("kind", ["dense", "softmax", "sqrt-shared"])
-def test_export_cli_from_run_directory(tmp_path, kind: str) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from train.checkpoint import save
-    from train.config import DataConfig, RunConfig
-    from train.tokenizer import train_bpe
-
-    kw = {"dense": {"moe": None}, "softmax": {}, "sqrt-shared": {"gate": "sqrt", "shared": True}}[kind]
-    cfg = tiny_moe(vocab_size=300, **kw)
-    ours = build(cfg, seed=6)
-    run_dir = tmp_path / "run"
-    state = {"config": RunConfig(name="tiny", model=cfg, data=DataConfig(seq_len=32)).to_dict(), "model": ours.state_dict()}
-    save(run_dir, 3, state)
-    train_bpe(["the router routes every token to two experts."] * 4, 300, "bpe-300").save(run_dir / "tokenizer")
-    out = tmp_path / "hf"
-    assert main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
-    assert (out / "tokenizer.json").is_file()
-    assert (out / "modeling_hyperp_moe.py").is_file() == (kind == "sqrt-shared")
-    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, local_files_only=True).eval()
-    ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        assert max_diff(loaded(ids).logits, ours(ids).logits) <= 1e-4
-
-
-def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys) -> None:
-    assert main(["export", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_selection_bias_export_routes_by_unbiased_logits() -> None:

@@ -98,3 +98,34 @@ def test_bad_balance_config(field: str) -> None:
     bad = {"balance": "magic", "bias_rate": -1.0}[field]
     with pytest.raises(ConfigError, match=f"moe.{field}"):
         MoEConfig(num_experts=4, top_k=2, expert_hidden=8, **{field: bad})
+
+
+def test_balance_policy_terms_bias_hook_and_metrics() -> None:
+    """The policy the loop calls, against closed forms: "bias" logs the aux loss without training on it, adds the
+    z-loss with its weight, and moves the biases only when the optimizer steps (a skipped step leaves them)."""
+    from moe.balance import BalancePolicy
+
+    torch.manual_seed(3)
+    model = _Two(e=4)
+    cfg = MoEConfig(num_experts=4, top_k=2, expert_hidden=8, balance="bias", bias_rate=0.01, aux_weight=0.5,
+                    z_weight=0.1)
+    policy = BalancePolicy(cfg, model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    policy.attach(optimizer)
+    x = torch.randn(16, 8)
+    policy.start_step()
+    routing = [model.a(x), model.b(x)]
+    ce = torch.tensor(2.0)
+    terms = policy.loss_terms(ce, routing)
+    counts = torch.stack([torch.bincount(s.indices.reshape(-1), minlength=4).float() for s in routing])
+    probs = torch.stack([torch.softmax(s.logits, -1).mean(0) for s in routing])
+    aux = (4 * (counts / counts.sum(-1, keepdim=True)) * probs).sum()  # E·Σ f·P per layer, summed
+    z = sum(torch.logsumexp(s.logits, -1).square().mean() for s in routing)
+    torch.testing.assert_close(terms["aux"], aux)
+    torch.testing.assert_close(terms["total"], ce + 0.1 * z)  # balance = "bias": aux logged, not trained on
+    metrics = policy.step_metrics()
+    assert metrics["moe/aux_loss"] == pytest.approx(aux.item(), rel=1e-6) and "moe/maxvio" in metrics
+    assert model.a.selection_bias.abs().sum() == 0  # no optimizer step yet (a skipped step never calls it)
+    optimizer.step()
+    expected = 0.01 * torch.sign(counts.mean(-1, keepdim=True) - counts)
+    torch.testing.assert_close(torch.stack([model.a.selection_bias, model.b.selection_bias]), expected)

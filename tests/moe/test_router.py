@@ -145,3 +145,30 @@ def test_block_shapes_roles_and_init():
         assert w.abs().max() <= 1 / math.sqrt(fan_in) and w.abs().max() > 0.5 / math.sqrt(fan_in)
     y, stats = block(torch.randn(2, 3, 16))
     assert y.shape == (2, 3, 16) and stats.logits.shape == (6, 4) and stats.indices.shape == (6, 2)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_router_logits_are_fp32_under_bf16_autocast(x_dtype):
+    """Under ``torch.autocast(bf16)`` an F.linear on fp32 inputs still runs in bf16 (~3 significant digits); the
+    router must switch autocast off, so its logits match an fp64 reference to fp32 rounding (12-term dot products:
+    ≲ 1e-6 relative), far inside bf16's 2^-8 ≈ 4e-3."""
+    torch.manual_seed(0)
+    router = Router(hidden=12, num_experts=7, top_k=2)
+    x = torch.randn(40, 12).to(x_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = router(x)
+    assert stats.logits.dtype == torch.float32 and stats.weights.dtype == torch.float32
+    z, idx, g, _ = numpy_route(x.float().numpy(), router.weight.detach().numpy(), 2)
+    np.testing.assert_allclose(stats.logits.detach().numpy(), z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.weights.detach().numpy(), g, rtol=1e-5, atol=1e-6)
+
+
+def test_router_keeps_fp64():
+    """fp64 inputs (``train.dtype = "float64"``) are routed in fp64, not rounded to fp32."""
+    torch.manual_seed(0)
+    router = Router(hidden=12, num_experts=7, top_k=2).double()
+    x = torch.randn(40, 12, dtype=torch.float64)
+    stats = router(x)
+    z, *_ = numpy_route(x.numpy(), router.weight.detach().numpy(), 2)
+    assert stats.logits.dtype == torch.float64
+    np.testing.assert_allclose(stats.logits.detach().numpy(), z, rtol=1e-12, atol=1e-12)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from hyperp.errors import CheckpointError
+from train.errors import CheckpointError
 from tests.conftest import tiny_overrides
 from tests.runs import argv, assert_one_line_error, series
 from train import checkpoint
@@ -133,3 +135,20 @@ def test_resume_with_another_model_config_changes_nothing(text_corpus: Path, tmp
     assert_one_line_error(rc, capsys.readouterr().err, "different model config", "model.hidden: checkpoint 32, this run 64")
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # config.toml, tokenizer, metrics.jsonl and checkpoints untouched
+
+
+def test_every_rng_is_restored(tmp_path: Path) -> None:
+    """Python, NumPy, torch (and CUDA, where present) generators continue identically after a checkpoint round trip."""
+
+    def draws() -> list[float]:
+        cuda = [torch.rand(1, device="cuda").item()] if torch.cuda.is_available() else []
+        return [random.random(), float(np.random.rand()), torch.rand(1).item(), *cuda]
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    draws()  # not at the seed's start: the saved positions matter
+    rng = checkpoint.RNGState()
+    checkpoint.save(tmp_path, 1, {"rng": rng.state_dict()})
+    expected = draws()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    rng.load_state_dict(checkpoint.load(checkpoint.list_checkpoints(tmp_path)[0])["rng"])
+    assert draws() == expected

@@ -13,7 +13,8 @@ from tests.conftest import tiny_overrides
 from tests.runs import argv, records, series
 from train import checkpoint
 from train.__main__ import main
-from train.build import build_callbacks, build_components
+from train.build import build_components
+from train.callbacks import build_callbacks
 from train.config import load_config
 from train.loop import Trainer
 
@@ -59,7 +60,7 @@ def test_nan_batch_skips_step_and_leaves_state_untouched(text_corpus: Path, tmp_
                                                       **{"train.grad_accum": 2, "train.max_steps": 4}))
     parts = build_components(cfg)
     (tmp_path / "run").mkdir()
-    trainer = Trainer(cfg, tmp_path / "run", parts, build_callbacks(cfg, tmp_path / "run"))
+    trainer = Trainer(cfg, tmp_path / "run", parts, build_callbacks(cfg))
     _poison(trainer, {2}, micro=1)  # the 2nd micro-batch of step 2: finite grads already accumulated
     trainer.train_step()
     sphere_states = [s for s in trainer.optimizer.state.values() if "radius" in s]

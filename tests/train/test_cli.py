@@ -47,3 +47,14 @@ def test_bad_cli_value_is_one_line_without_traceback(tmp_path: Path) -> None:
 def test_missing_config_file(capsys) -> None:
     assert main(["--config", "configs/nope.toml"]) == 2
     assert "configs/nope.toml" in capsys.readouterr().err
+
+
+def test_step_log_shows_val_only_after_the_first_evaluation(text_corpus: Path, tmp_path: Path, capsys) -> None:
+    sets = tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 4, "train.eval_every": 2,
+                                                               "log.progress": "true"})
+    assert main(argv(sets, tmp_path / "run")) == 0
+    lines = {int(line.split()[1].split("/")[0]): line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("step ")}
+    assert sorted(lines) == [1, 2, 3, 4]
+    assert " val " not in lines[1] and "nan" not in lines[1]
+    assert all(" val " in lines[step] for step in (2, 3, 4))

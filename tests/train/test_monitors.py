@@ -14,10 +14,11 @@ from models.config import ModelConfig
 from models.qwen3 import Qwen3
 from moe.config import MoEConfig
 from tests.conftest import tiny_overrides
-from train.callbacks import Callback, JSONLLogger
+from train.callbacks import Callback
 from train.monitors import MonitorConfig, monitor_callbacks
 from train.monitors import stats as S
 from train.monitors.alarms import Alarms, SpikeDetector
+from train.metrics import MetricsLogger
 from train.monitors.collectors import ActivationCollector, ExpertLoad
 
 
@@ -223,8 +224,8 @@ def test_alarm_state_round_trips_for_exact_resume(tmp_path: Path) -> None:
 
 
 class _FakeTrainer:
-    def __init__(self, callbacks: list[Callback]) -> None:
-        self.callbacks, self.stop_reason = callbacks, None
+    def __init__(self, callbacks: list[Callback], logger: MetricsLogger) -> None:
+        self.callbacks, self.logger, self.stop_reason = callbacks, logger, None
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
@@ -232,12 +233,12 @@ class _FakeTrainer:
 
 @pytest.mark.parametrize("on_alarm", ["warn", "stop"])
 def test_alarm_is_printed_logged_and_stops_when_asked(tmp_path: Path, capsys, on_alarm: str) -> None:
-    (cb,) = monitor_callbacks(MonitorConfig(every=0, on_alarm=on_alarm, spike_min_history=8), tmp_path)
-    logger = JSONLLogger(tmp_path / "metrics.jsonl", every=1)
-    trainer = _FakeTrainer([cb, logger])
+    (cb,) = monitor_callbacks(MonitorConfig(every=0, on_alarm=on_alarm, spike_min_history=8))
+    logger = MetricsLogger(tmp_path / "metrics.jsonl", every=1, last_step=100)
+    trainer = _FakeTrainer([cb], logger)
     for step, v in enumerate(_smooth(40) + [50.0], start=1):
         cb.on_step_end(trainer, step, {"train/loss": v, "train/grad_norm": 1.0})
-    logger.on_train_end(trainer)
+    logger.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["event"] == "alarm" and records[0]["alarm"] == "loss_spike"
     assert records[0]["step"] == 41 and records[0]["value"] == 50.0 and records[0]["threshold"] < 50
@@ -278,7 +279,8 @@ class _Recorder(Callback):
 
 
 def _run(corpus: Path, tmp_path: Path, every: int) -> _Recorder:
-    from train.build import build_callbacks, build_components
+    from train.build import build_components
+    from train.callbacks import build_callbacks
     from train.config import load_config
     from train.loop import Trainer
 
@@ -288,7 +290,7 @@ def _run(corpus: Path, tmp_path: Path, every: int) -> _Recorder:
     run_dir = tmp_path / f"run{every}"
     run_dir.mkdir()
     recorder = _Recorder()
-    trainer = Trainer(cfg, run_dir, build_components(cfg), [*build_callbacks(cfg, run_dir), recorder])
+    trainer = Trainer(cfg, run_dir, build_components(cfg), [*build_callbacks(cfg), recorder])
     trainer.fit()
     return recorder
 

@@ -25,22 +25,22 @@ Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from train.monitors.config import MonitorConfig
 
 if TYPE_CHECKING:
-    from train.callbacks import Callback
+    from train.monitors.callback import MonitorCallback
 
 
-def monitor_callbacks(cfg: MonitorConfig, run_dir: Path) -> list[Callback]:
+def monitor_callbacks(cfg: MonitorConfig) -> list[MonitorCallback]:
     """The monitor/alarm callback of a run. With ``every = 0`` it only watches loss / grad-norm spikes."""
-    from train.monitors.callback import MonitorCallback  # lazy: train.callbacks imports nothing from here
+    # Lazy: train.config imports this package for MonitorConfig, and the callback imports the loop.
+    from train.monitors.callback import MonitorCallback
 
     if cfg.every == 0 and (cfg.spike_window == 0 or cfg.spike_sigma == 0):
         return []
-    return [MonitorCallback(cfg, run_dir)]
+    return [MonitorCallback(cfg)]
 
 
 __all__ = ["MonitorConfig", "monitor_callbacks"]

@@ -8,23 +8,19 @@ tensors and read back with a single ``.tolist()`` in :meth:`on_step_end`.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from train.callbacks import Callback, JSONLLogger
+from train.loop import Callback, Trainer
 from train.monitors.alarms import Alarm, Alarms
 from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
 from train.monitors.config import MonitorConfig
 
-if TYPE_CHECKING:
-    from train.loop import Trainer
-
 
 class MonitorCallback(Callback):
-    def __init__(self, cfg: MonitorConfig, run_dir: Path | None = None) -> None:
-        self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
+    def __init__(self, cfg: MonitorConfig) -> None:
+        self.cfg = cfg
         self.alarms = Alarms(cfg)
         self.optim = OptimizerHealth()
         self.activations: ActivationCollector | None = None
@@ -82,14 +78,7 @@ class MonitorCallback(Callback):
     def _raise(self, trainer: Trainer, alarm: Alarm) -> None:
         self.events.append(alarm)
         print(alarm.message(), file=sys.stderr, flush=True)
-        logger = next((cb for cb in trainer.callbacks if isinstance(cb, JSONLLogger)), None)
-        if logger is not None:
-            logger.write(alarm.record())
-        elif self.run_dir is not None:
-            import json
-
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(alarm.record()) + "\n")
+        trainer.logger.event(alarm.record())
         if self.cfg.on_alarm == "stop":
             trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
                                  f"> {alarm.threshold:.4g} at step {alarm.step}")

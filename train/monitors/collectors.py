@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hyperp.dtypes import at_least_fp32
 from hyperp.optim.sharded import full
 
 from train.monitors import stats as S
@@ -192,7 +193,7 @@ def _sq_sum(tensors: list[Tensor]) -> Tensor:
 def _matrix_norms(p: Tensor, mode: str) -> Tensor:
     """Per-matrix Frobenius norms as the sphere retraction keeps them (per expert for 3-D unless ``joint``)."""
     dims = tuple(range(p.ndim)) if (mode == "joint" or p.ndim < 2) else (-2, -1)
-    return torch.linalg.vector_norm(full(p.detach()), dim=dims, dtype=torch.float32).reshape(-1)
+    return torch.linalg.vector_norm(full(p.detach()), dim=dims, dtype=at_least_fp32(p.dtype)).reshape(-1)
 
 
 class OptimizerHealth:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from hyperp.errors import ConfigError
+from hyperp.errors import ConfigError, check_choices
 
 
 @dataclass
@@ -37,8 +37,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError(f"monitor.every={self.every} must be >= 0")
-        if self.on_alarm not in ("warn", "stop"):
-            raise ConfigError(f"monitor.on_alarm={self.on_alarm!r} must be 'warn' or 'stop'")
+        check_choices(self, "monitor")
         for name in ("sample_tokens", "spike_window", "spike_min_history", "alarm_start"):
             if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
