@@ -133,7 +133,8 @@ def speedup_section(title: str, arms: dict[str, list[str]], ax) -> list[str]:
         for arm, r in chosen.items():
             if not arm.startswith("MuonH"):
                 lines.append(f"- {ours_arm} ({label(ours)}, val {ours['final_val']:.3f}) vs {arm} ({label(r)}, val "
-                             f"{r['final_val']:.3f}): **token-equivalent speedup {token_speedup(curve(r), curve(ours)):.2f}×**")
+                             f"{r['final_val']:.3f}): **token-equivalent speedup "
+                             f"{token_speedup(curve(r), curve(ours)):.2f}×**")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("tokens")
     ax.set_ylabel("val loss")
@@ -168,8 +169,8 @@ def main() -> None:
              "Presets `configs/experiments/exp-dense.toml` (2 layers × 64, 2 heads of 32, SwiGLU 256) and "
              "`configs/experiments/exp-dense-muon.toml` (the same shape with Muon as ArchScale runs it), bpe-2k, "
              "seq 64 × batch 16 = 1,024 tokens/step, linear decay to 0.1×, no warmup; 300 steps at 2 × 64, 200 steps "
-             "at 4 × 128. MuonH + HyperP uses this change's HyperP defaults unless a row says otherwise: attention scale "
-             "√128/head_dim (= 2/√head_dim at head_dim 32), RMSNorm eps 1e-5, RoPE base 1e4.", "",
+             "at 4 × 128. MuonH + HyperP uses this change's HyperP defaults unless a row says otherwise: attention "
+             "scale √128/head_dim (= 2/√head_dim at head_dim 32), RMSNorm eps 1e-5, RoPE base 1e4.", "",
              f"Machine: {machine(jobs=1)}. The machine was shared with 4–7 other agents' jobs throughout (load "
              "average 5–18 on 2 cores; the adam_lr runs used 1 thread), so tokens/s below say little about the "
              "code.", "",
@@ -178,7 +179,8 @@ def main() -> None:
              f"Reference (before this change, speedup.md): tuned Muon + WD (standard parameterization) "
              f"**{OLD['muon_sp']}**, MuonH + HyperP {OLD['muonh']}, Muon + WD in the HyperP parameterization "
              f"{OLD['muon_hyperp_param']}, tuned AdamW {OLD['adamw']}.", "", *ablation_table(), "",
-             "Stopped before step 300 (session end / time budget; `python -m train --resume` continues them):", "", *partial_table(), "",
+             "Stopped before step 300 (session end / time budget; `python -m train --resume` continues them):", "",
+             *partial_table(), "",
              "## 2. Muon as ArchScale runs it (2 × 64)", "", *grid_table(["fid-muon-archscale"]), ""]
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 2, figsize=(11, 4))
