@@ -13,6 +13,7 @@ import torch
 from hyperp import OptimConfig, param_groups
 from hyperp.errors import ConfigError
 from hyperp.roles import Role, collect
+from hyperp.transfer import family_scale
 from models.config import ModelConfig
 from models.hf import export_dir, from_hf, hf_config, to_hf
 from models.qwen3 import Qwen3
@@ -189,7 +190,12 @@ def test_family_presets_have_two_heads_per_layer_and_gpu_preset_size() -> None:
     from train.config import load_config
 
     for depth in (8, 12, 16, 20, 24):
-        m = load_config(f"configs/d{depth}.toml").model
+        cfg = load_config(f"configs/d{depth}.toml")
+        m = cfg.model
         assert (m.n_heads, m.head_dim, m.hidden) == (2 * depth, 128, 128 * depth)
+        # max_steps: ArchScale's default tokens T₀·N/N₀ for this n_head = 2L family, rounded to a whole step.
+        step_tokens = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
+        tokens = family_scale(depth, heads_per_layer=2).tokens
+        assert abs(cfg.train.max_steps * step_tokens - tokens) <= step_tokens
     counts = _counts("configs/experiments/gpu/d6.toml")
     assert 20e6 <= counts["non_embedding"] <= 50e6 and load_config("configs/experiments/gpu/d6.toml").model.vocab_size <= 16384
