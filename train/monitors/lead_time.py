@@ -25,11 +25,12 @@ from train.monitors.alarms import Alarm, Alarms
 from train.monitors.config import MonitorConfig
 
 Records = list[tuple[int, dict[str, float]]]  # (step, that step's metrics), steps increasing
-FAMILIES = ("loss_spike", "grad_norm_spike", "z_growth", "attn_logit", "rms_growth", "outlier_frac", "expert_imbalance")
+FAMILIES = ("loss_spike", "grad_norm_spike", "z_growth", "attn_logit", "rms_growth", "outlier_frac", "expert_imbalance",
+            "aux_below_min")
 # Which MonitorConfig field sets each family's threshold (the spike families share spike_sigma).
 THRESHOLD_FIELD = {"loss_spike": "spike_sigma", "grad_norm_spike": "spike_sigma", "z_growth": "z_growth",
                    "rms_growth": "rms_growth", "outlier_frac": "outlier_frac", "expert_imbalance": "expert_max_mean",
-                   "attn_logit": "attn_logit_max"}
+                   "attn_logit": "attn_logit_max", "aux_below_min": "aux_below_min"}
 
 
 @dataclass(frozen=True)
