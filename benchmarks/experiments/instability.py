@@ -276,8 +276,9 @@ def report(specs: Sequence[Spec], out: Path) -> Path:
         "Thresholds: " + ", ".join(f"`{f} = {getattr(previous, f):g}`" for f in fields) + ".", "",
         *_table(done, before), "", *(f"- {_score(done, before, sub)}" for sub in ("tune", "holdout")), "",
         "## Tuned on the tuning subset, checked on the held-out subset", "",
-        "Per family the most sensitive candidate that raises no alarm in the tuning subset's stable runs, per "
-        f"`alarm_start` in {ALARM_STARTS} (`train.monitors.lead_time.tune`; candidates "
+        "Per family, among the candidates that raise no alarm in the tuning subset's stable twins, the least "
+        "sensitive one that still warns every tuning failure the most sensitive of them warns (the widest margin at "
+        f"no loss of coverage), per `alarm_start` in {ALARM_STARTS} (`train.monitors.lead_time.tune`; candidates "
         + "; ".join(f"`{f}` {v}" for f, v in GRID.items()) + ").", "",
         "Tuned: " + ", ".join(f"`{f} = {getattr(tuned, f):g}`" for f in fields) + ".", "",
         *_table(done, after), "", *(f"- {_score(done, after, sub)}" for sub in ("tune", "holdout")), "",

@@ -112,7 +112,7 @@ def test_false_alarms_only_in_runs_that_do_not_fail() -> None:
     assert outcomes["failing"].warned and outcomes["failing"].leads == {"z_growth": 10}
 
 
-def test_tune_picks_the_most_sensitive_silent_threshold() -> None:
+def test_tune_keeps_the_widest_silent_margin_that_loses_no_warning() -> None:
     # failing: z grows 4× at step 60, fails at 70; stable: z grows 2.5× at 60. Growth candidates 2, 3, 5, 10:
     # 2 fires on the stable run, 3 is the most sensitive silent one, and it warns the failure 10 steps ahead.
     # alarm_start 62 or later makes the post-growth values the baseline: no warning, so 50 wins.
