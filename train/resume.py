@@ -76,7 +76,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
         "base_width", "base_depth", "base_tokens", "base_batch_tokens")},
     **{f"monitor.{k}": (C, "what is watched and when") for k in (
         "every", "on_alarm", "sample_tokens", "expert_tokens", "spike_window", "spike_sigma", "spike_min_history",
-        "alarm_start", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean")},
+        "alarm_start", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min")},
     **{f"log.{k}": (C, "where metrics go") for k in ("wandb", "wandb_project", "progress")},
 }
 
