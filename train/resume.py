@@ -42,7 +42,8 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     **{f"model.{k}": (M, _WEIGHTS) for k in (
         "vocab_size", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden", "max_seq_len",
         "tie_embeddings", "rope_theta", "norm_eps", "parameterization", "residual_multiplier", "init_std",
-        "embed_init_std", "head_init_std", "moe", "decoder_sparse_step", "mlp_only_layers")},
+        "embed_init_std", "head_init_std", "moe", "decoder_sparse_step", "mlp_only_layers", "attn_scale",
+        "gated_attn", "logit_scale")},
     **{f"model.moe.{k}": (M, _WEIGHTS) for k in (
         "num_experts", "top_k", "expert_hidden", "shared_expert", "shared_hidden", "gate", "shared_mix", "balance")},
     "model.moe.aux_weight": (C, "a loss weight"),
@@ -58,9 +59,10 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "optim.name": (F, _OPT_STATE),
     "optim.expert_sphere": (F, _OPT_STATE),
     "optim.router_on_sphere": (F, _OPT_STATE),
+    "optim.head_on_sphere": (F, _OPT_STATE),
     **{f"optim.{k}": (C, "an optimizer hyperparameter: the config's value replaces the checkpoint's") for k in (
         "lr", "adam_lr", "betas", "eps", "weight_decay", "momentum", "ns_steps", "ns_coefficients", "muon_adjust_lr",
-        "grad_clip")},
+        "grad_clip", "weight_decay_mode", "wd_base_depth", "decay_head")},
     "train.batch_size": (F, _GLOBAL_BATCH),
     "train.grad_accum": (F, _GLOBAL_BATCH),
     "train.seed": (F, "it seeds the initial weights only and every generator is restored from the checkpoint; "
