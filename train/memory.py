@@ -76,7 +76,7 @@ def weight_memory(cfg: RunConfig) -> tuple[int, int]:
     width = _dtype_bytes(cfg)
     params = sum(p.numel() for p in model.parameters()) * width
     state = 0
-    for group in param_groups(model, cfg.optim):
+    for group in param_groups(model, cfg.optim, depth=cfg.model.n_layers):  # depth: optim.wd_base_depth
         for p in group["params"]:
             state += _state_elements(group["kind"], p, cfg.optim.expert_sphere) * width
             state += _ADAM_STEP_BYTES if group["kind"] in ("adamh", "adam", "adamw") else 0
@@ -88,6 +88,8 @@ def activation_elements_per_token(cfg: RunConfig) -> tuple[int, int]:
     m = cfg.model
     q, kv = m.n_heads * m.resolved_head_dim, m.n_kv_heads * m.resolved_head_dim
     attention = 2 * m.hidden + 5 * q + 4 * kv
+    if m.gated_attn:  # the ungated output (for the product's backward) and the per-head gate before/after σ
+        attention += q + 2 * m.n_heads
     per_layer = []
     for layer in range(m.n_layers):
         if m.is_moe_layer(layer):

@@ -41,9 +41,9 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "name": (C, "labels the logs"),
     **{f"model.{k}": (M, _WEIGHTS) for k in (
         "vocab_size", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden", "max_seq_len",
-        "tie_embeddings", "rope_theta", "norm_eps", "qk_norm", "attn_scale", "gated_attn", "logit_scale",
-        "parameterization", "residual_multiplier", "init_std",
-        "embed_init_std", "head_init_std", "moe", "decoder_sparse_step", "mlp_only_layers")},
+        "tie_embeddings", "rope_theta", "norm_eps", "parameterization", "residual_multiplier", "init_std",
+        "embed_init_std", "head_init_std", "moe", "decoder_sparse_step", "mlp_only_layers", "attn_scale",
+        "gated_attn", "logit_scale", "qk_norm")},
     **{f"model.moe.{k}": (M, _WEIGHTS) for k in (
         "num_experts", "top_k", "expert_hidden", "shared_expert", "shared_hidden", "gate", "shared_mix", "balance")},
     "model.moe.aux_weight": (C, "a loss weight"),
@@ -63,7 +63,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "optim.head_on_sphere": (F, _OPT_STATE),
     **{f"optim.{k}": (C, "an optimizer hyperparameter: the config's value replaces the checkpoint's") for k in (
         "lr", "adam_lr", "betas", "eps", "weight_decay", "momentum", "ns_steps", "ns_coefficients", "muon_adjust_lr",
-        "grad_clip", "decay_head", "wd_base_depth", "weight_decay_mode")},
+        "grad_clip", "weight_decay_mode", "wd_base_depth", "decay_head")},
     "train.batch_size": (F, _GLOBAL_BATCH),
     "train.grad_accum": (F, _GLOBAL_BATCH),
     "train.seed": (F, "it seeds the initial weights only and every generator is restored from the checkpoint; "
@@ -79,7 +79,8 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
         "base_width", "base_depth", "base_tokens", "base_batch_tokens")},
     **{f"monitor.{k}": (C, "what is watched and when") for k in (
         "every", "on_alarm", "sample_tokens", "expert_tokens", "spike_window", "spike_sigma", "spike_min_history",
-        "alarm_start", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min", "attn_logit_max")},
+        "alarm_start", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min",
+        "attn_logit_max")},
     **{f"log.{k}": (C, "where metrics go") for k in ("wandb", "wandb_project", "progress")},
 }
 

@@ -24,9 +24,9 @@ VARIANTS = {
     "dense-muonh": [],
     "moe-muonh": _MOE,
     "moe-shared-adamh-joint": [*_MOE, "model.moe.shared_expert=true", 'optim.name="adamh"',
-                               'optim.expert_sphere="joint"'],
+                               'optim.expert_sphere="joint"', "model.gated_attn=true"],
     "moe-adamw-tied": [*_MOE, 'optim.name="adamw"', "model.tie_embeddings=true"],
-    "dense-muon-fp64": ['optim.name="muon"', 'train.dtype="float64"'],
+    "dense-muon-fp64": ['optim.name="muon"', 'train.dtype="float64"', "optim.wd_base_depth=4"],
 }
 
 
@@ -68,14 +68,15 @@ def _saved_for_backward(cfg) -> int:
     return sum(n for ptr, n in saved.items() if ptr not in params)
 
 
-@pytest.mark.parametrize("variant", ["dense", "moe", "moe-shared", "wide", "long-gqa"])
+@pytest.mark.parametrize("variant", ["dense", "moe", "moe-shared", "wide", "long-gqa", "gated"])
 def test_activation_estimate_is_within_a_factor_2_of_what_backward_keeps(variant: str) -> None:
     """Factor 2: the estimate counts tensors by kind, not by kernel (a reshape that copies or not, fused attention
     keeping only its log-sum-exp), and adds the logits' gradient, which backward creates but never saves."""
     extra = {"dense": [], "moe": _MOE, "moe-shared": [*_MOE, "model.moe.shared_expert=true"],
              "wide": ["model.vocab_size=4096", "model.hidden=256", "model.mlp_hidden=1024", "model.head_dim=32"],
              "long-gqa": ["data.seq_len=512", "model.max_seq_len=512", "train.batch_size=1", "model.n_heads=4",
-                          "model.n_kv_heads=2"]}[variant]
+                          "model.n_kv_heads=2"],
+             "gated": ["model.gated_attn=true"]}[variant]
     cfg = load_config("configs/tiny-dense.toml", [*_SHAPES, *extra])
     estimated, measured = memory.estimate(cfg).activations, _saved_for_backward(cfg)
     assert measured / 2 <= estimated <= 2 * measured, (estimated, measured)
