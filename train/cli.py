@@ -1,21 +1,28 @@
-"""What every command line of the project shares: ``--help`` with each option's default, and bad input reported
-as one ``error: ...`` line with exit code 2 (no usage block, no traceback).
+"""What every command-line tool of ``train`` shares: ``--help`` with each option's default, and a failure the user
+can fix as one ``error: …`` line and exit 2.
 
 Spellings are the same in every command: ``--run DIR`` names one run, ``--checkpoint STEP`` one of its checkpoints
 (default: the newest that verifies), ``--max-steps N`` a step budget, ``--out DIR`` where results go, ``--set
-KEY=VALUE`` a config override.
+KEY=VALUE`` a config override. User errors (:class:`~hyperp.errors.HyperpError`), file-system errors (the path and the reason: an unwritable or
+non-directory ``--out``, a full disk) and running out of memory (with the knobs to turn) never show a traceback;
+anything else is a bug and keeps its traceback. Warnings (e.g. a skipped corrupt checkpoint) print as one line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from hyperp.errors import ConfigError, HyperpError
 
-EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system
+EXIT_USAGE = 2  # a user error: config, CLI, data, checkpoint, file system, memory
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the disk (or a limit) refuses more bytes
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -31,7 +38,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a :class:`ConfigError` (printed as one line by :func:`run_main`)."""
+    """An ArgumentParser whose errors are a :class:`ConfigError` (printed as one line by :func:`run_cli`)."""
 
     def __init__(self, prog: str, description: str, **kwargs) -> None:
         super().__init__(prog=prog, description=description, formatter_class=_DefaultsFormatter, **kwargs)
@@ -47,14 +54,55 @@ def add_run_args(parser: argparse.ArgumentParser, what: str) -> None:
                         help="the checkpoint of this step (default: the newest one that verifies)")
 
 
-def run_main(command: Callable[[], int | None]) -> int:
-    """Run a command's body; a user error (bad argument, config, data, checkpoint, unreadable file) becomes one
-    ``error: ...`` line on stderr and exit code 2."""
+def error_line(err: BaseException) -> str | None:
+    """The message of a failure the user can act on, or None for a bug."""
+    from train.memory import is_out_of_memory, out_of_memory_message
+
+    if isinstance(err, HyperpError):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f" {os.fsdecode(err.filename)}" if err.filename else ""
+        verb = "cannot write" if err.errno in _FULL else "cannot access"
+        return f"{verb}{where}: {err.strerror or err}"
+    if is_out_of_memory(err):
+        return out_of_memory_message(err)
+    return None
+
+
+def run_cli(command: Callable[[], int | None]) -> int:
+    """Run ``command``; a user-facing failure → ``error: …`` on stderr and EXIT_USAGE."""
     try:
-        return command() or 0
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-    except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot access{where}: {err.strerror or err}", file=sys.stderr)
-    return EXIT_USAGE
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_one_line
+            return command() or 0
+    except (HyperpError, OSError, MemoryError, RuntimeError) as err:
+        line = error_line(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _show_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def utf8_path(flag: str, value: str | os.PathLike[str]) -> Path:
+    """``value`` as a Path, or ConfigError when it is not valid UTF-8 (the tokenizer and transformers write paths as
+    UTF-8 strings: undecodable bytes from the shell would fail only after the work is done)."""
+    text = os.fspath(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; choose a UTF-8 "
+                          "name") from None
+    return Path(text)
+
+
+def output_dir(flag: str, value: str | os.PathLike[str]) -> Path:
+    """A directory argument a tool will write into: valid UTF-8, and not an existing file."""
+    path = utf8_path(flag, value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory")
+    return path

@@ -26,7 +26,7 @@ from models.qwen3 import build_model
 from train.build import param_dtype
 from train.checkpoint import (MANIFEST, is_sharded_checkpoint, list_checkpoints, load, load_sharded,
                               read_sharded, save, step_dir)
-from train.cli import Parser, add_run_args, run_main
+from train.cli import Parser, add_run_args, run_cli
 from train.config import RunConfig, build
 from train.errors import CheckpointError
 from train.export import export_run
@@ -69,7 +69,8 @@ def single_file_state(path: Path, trust_checkpoint: bool = False) -> tuple[int, 
     plain = read_sharded(path, trusted=trust_checkpoint)
     cfg = build(RunConfig, plain["config"])
     model = build_model(cfg.model).to(dtype=param_dtype(cfg))  # a float64 run converts to float64
-    optimizer = build_optimizer(model, cfg.optim)  # the groups' lrs are restored from the checkpoint
+    # The groups' lrs and decays are restored from the checkpoint; depth only satisfies optim.wd_base_depth.
+    optimizer = build_optimizer(model, cfg.optim, depth=cfg.model.n_layers)
     load_sharded(path, model, optimizer)
     return _step(plain, path), plain | {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         written = convert(args.run, args.out, args.hf, args.trust_checkpoint, args.checkpoint)
         print(f"wrote {written}" + (f" and HF export {args.hf}" if args.hf else ""))
 
-    return run_main(command)
+    return run_cli(command)
 
 
 if __name__ == "__main__":

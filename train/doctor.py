@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperp.errors import HyperpError
-from train.cli import Parser, run_main
+from train.cli import Parser, run_cli
 from train.downloads import OFFLINE_ENV
 
 Row = tuple[str, str]
@@ -139,7 +139,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: _doctor(build_parser().parse_args(argv)))
+    return run_cli(lambda: _doctor(build_parser().parse_args(argv)))
 
 
 def _doctor(args) -> None:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from hyperp.errors import ConfigError
 from models.qwen3 import Qwen3
-from train.cli import Parser, add_run_args, run_main
+from train.cli import Parser, add_run_args, run_cli, utf8_path
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -80,7 +80,7 @@ def generate(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     _check(args)
     text = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file is not None else args.prompt
-    model, tokenizer = load_model_from_run(Path(args.run), step=args.checkpoint)
+    model, tokenizer = load_model_from_run(utf8_path("--run", args.run), step=args.checkpoint)
     if tokenizer is None:
         raise ConfigError(f"run {args.run} has no saved tokenizer (trained on pre-tokenized data)")
     model.to(resolve_device(args.device))
@@ -94,7 +94,7 @@ def generate(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: generate(argv))
+    return run_cli(lambda: generate(argv))
 
 
 if __name__ == "__main__":

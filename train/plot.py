@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hyperp.errors import ConfigError, HyperpError  # noqa: E402
-from train.cli import Parser, run_main  # noqa: E402
+from train.cli import Parser, output_dir, run_cli  # noqa: E402
+from train.errors import DataError  # noqa: E402
 from train.monitors.alarms import threshold_rule  # noqa: E402
 from train.monitors.config import MonitorConfig  # noqa: E402
 
@@ -99,7 +100,7 @@ def expand_runs(paths: list[Path]) -> list[Path]:
         points = [] if (path / "metrics.jsonl").is_file() else sorted(
             p for p in path.glob("*") if (p / "metrics.jsonl").is_file())
         if not points and not (path / "metrics.jsonl").is_file():
-            raise ConfigError(f"{path / 'metrics.jsonl'} not found (is {path} a run or sweep directory?)")
+            raise DataError(f"{path / 'metrics.jsonl'} not found (is {path} a run or sweep directory?)")
         runs += points or [path]
     return runs
 
@@ -117,7 +118,7 @@ def _monitor_config(run_dir: Path) -> MonitorConfig:
 def load_run(path: Path, name: str | None = None) -> Run:
     file = Path(path) / "metrics.jsonl"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found (is {path} a run directory?)")
+        raise DataError(f"{file} not found (is {path} a run directory?)")
     run = Run(name or Path(path).resolve().name, Path(path), monitor=_monitor_config(Path(path)))
     data: dict[str, dict[int, float]] = defaultdict(dict)
     for line in file.read_text().splitlines():
@@ -180,10 +181,10 @@ def _draw_alarms(ax, run: Run, metric: str, steps: list[int], values: list[float
     if rule is None:
         return
     kind, value = rule
-    if kind == "above":
-        label = None if "above" in drawn else f"alarm > {value:g}"
+    if kind in ("above", "below"):
+        label = None if kind in drawn else f"alarm {'>' if kind == 'above' else '<'} {value:g}"
         ax.axhline(value, color="red", ls="--", lw=0.9, label=label)
-        drawn.add("above")
+        drawn.add(kind)
         return
     start = next((i for i, s in enumerate(steps) if s >= run.monitor.alarm_start and math.isfinite(values[i])), None)
     if start is not None and values[start] > 0:  # growth: the limit is relative to the first monitored value
@@ -407,10 +408,10 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         args = build_parser().parse_args(argv)
-        for p in plot_runs(args.runs, args.out or args.runs[0] / "plots", args.metrics):
+        for p in plot_runs(args.runs, output_dir("--out", args.out or args.runs[0] / "plots"), args.metrics):
             print(p)
 
-    return run_main(command)
+    return run_cli(command)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.errors import ConfigError
-from train.cli import Parser, run_main
+from train.cli import Parser, run_cli
 
 RESULT_FILE = "result.json"
 BALANCE_KEYS = ("moe/maxvio", "moe/max_mean", "moe/cv", "moe/dead")
@@ -295,7 +295,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: _sweep(build_parser().parse_args(argv)))
+    return run_cli(lambda: _sweep(build_parser().parse_args(argv)))
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from hyperp.transfer import Derived, Scale, derive
-from train.cli import Parser, run_main
+from train.cli import Parser, run_cli
 from train.config import RunConfig, load_config
 
 
@@ -81,7 +81,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: _print_transfer(build_parser().parse_args(argv)))
+    return run_cli(lambda: _print_transfer(build_parser().parse_args(argv)))
 
 
 def _print_transfer(args) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from train.cli import Parser, run_main
+from train.cli import Parser, run_cli
 from train.data.config import DECODE_ERRORS, DataConfig, SourceConfig
 from train.data.corpus import CORPORA
 from train.data.formats import verify_checksums
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from train.data.shards import main as tokenize_main
 
         return tokenize_main(argv[1:])
-    return run_main(lambda: _prepare(build_parser().parse_args(argv)))
+    return run_cli(lambda: _prepare(build_parser().parse_args(argv)))
 
 
 def _prepare(args) -> None:

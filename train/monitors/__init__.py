@@ -5,7 +5,7 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
 - Z-values: ``monitor/z_logits_mean``, ``monitor/z_logits_max`` (output-logit logsumexp per token),
   ``monitor/z_router/layer_XX`` (mean LSE² of router logits), ``monitor/z_router_max/layer_XX`` (max LSE),
   ``monitor/z_attn/layer_XX`` (mean over tokens and heads of LSE² of the causal scaled attention logits),
-  ``monitor/attn_logit_max/layer_XX`` (max q·k/√d, Megatron's QK-clip monitor).
+  ``monitor/attn_logit_max/layer_XX`` (max scale·q·k, Megatron's QK-clip monitor).
 - Output RMS: ``monitor/rms/attn/layer_XX``, ``monitor/rms/mlp/layer_XX`` (branch outputs after the residual
   multiplier), ``monitor/rms/layer_XX`` (residual stream after the block), ``monitor/rms/final`` (after the final norm).
 - Outliers, on the residual stream (``resid``) and the MLP/MoE input (``mlp_in``):
@@ -26,8 +26,10 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
 ``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
 10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``
-(max/mean > 3) and ``aux_below_min`` (aux over its balanced minimum < 0.95), from ``alarm_start`` on. Threshold
-alarms fire once and re-arm when the value comes back.
+(max/mean > 3) and ``aux_below_min`` (aux over its balanced minimum < 0.95), from ``alarm_start`` on, and
+``attn_logit`` (max q·k/√d > 100, from step 1). Threshold alarms fire once and re-arm when the value comes back.
+Every alarm pins the checkpoint before it as a rollback point. Whether they warn before a failure is measured by
+:mod:`train.monitors.lead_time` (benchmarks/results/instability.md).
 """
 
 from __future__ import annotations
