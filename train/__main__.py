@@ -120,8 +120,6 @@ def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
     try:
         with RunLock(run_dir) if env.is_main else nullcontext():  # one writer per run folder, for the whole run
             _check_run_dir(run_dir, args.resume)  # another process may have written here since the first check
-            if console is not None:  # RUN_DIR/console.log from rank 0; the other ranks keep nothing
-                console.attach(run_dir) if env.is_main else console.discard()
             trainer = Trainer(cfg, run_dir, parts, build_callbacks(cfg, env))
             if args.resume:  # before anything in the run dir is written: a mismatching checkpoint changes nothing
                 resumed = trainer.resume(args.resume_from)
@@ -130,6 +128,9 @@ def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
                     print(f"resumed from {resumed.path} (step {trainer.state.step}){why}")
             if env.is_main:
                 _write_run_files(cfg, run_dir, parts.data.tokenizer, args.resume)
+            if console is not None:  # RUN_DIR/console.log (rank 0) once the run is accepted: a refused resume
+                _attach(console, run_dir, env.is_main)  # leaves the folder as it was
+            if env.is_main:
                 print(run_summary(cfg, parts, run_dir, args.config or str(run_dir / "config.toml")), flush=True)
             state = _fit(trainer, args.stop_after)
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: say truthfully what is saved
@@ -139,6 +140,13 @@ def run(argv: list[str] | None = None, console: Console | None = None) -> Path:
     if env.is_main:
         _report(trainer, state, run_dir)
     return run_dir
+
+
+def _attach(console: Console, run_dir: Path, is_main: bool) -> None:
+    if is_main:
+        console.attach(run_dir)
+    else:
+        console.discard()  # the other ranks keep nothing
 
 
 def _say_interrupted(run_dir: Path) -> None:

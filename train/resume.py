@@ -75,13 +75,16 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "train.device": (C, "checkpoints load onto any device"),
     "train.parallel": (C, "FSDP resumes distributed checkpoints only (python -m train.convert the other way)"),
     "train.activation_checkpointing": (C, "memory only; same numbers"),
+    "train.compile": (C, "how the forward runs; same numbers (tests/train/test_compile.py)"),
+    "train.init_from": (C, "the initial weights only: a resume continues from the checkpoint's"),
     **{f"hyperp.{k}": (C, "the HyperP base: the peak lrs are derived again") for k in (
         "base_width", "base_depth", "base_tokens", "base_batch_tokens")},
     **{f"monitor.{k}": (C, "what is watched and when") for k in (
         "every", "on_alarm", "sample_tokens", "expert_tokens", "spike_window", "spike_sigma", "spike_min_history",
         "alarm_start", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min",
         "attn_logit_max")},
-    **{f"log.{k}": (C, "where metrics go") for k in ("wandb", "wandb_project", "progress")},
+    **{f"log.{k}": (C, "where metrics go") for k in (
+        "wandb", "wandb_project", "wandb_entity", "wandb_group", "wandb_tags", "wandb_name", "progress")},
 }
 
 
