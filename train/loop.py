@@ -89,6 +89,8 @@ class Trainer:
         self.logger = MetricsLogger.for_run(cfg, self.run_dir, self.dist)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
                   "callbacks": _CallbackStates(callbacks), "rng": RNGState()}
+        if self.balance is not None and self.balance.controller is not None:
+            states["balance"] = self.balance  # moe.balance_target's controller (absent from older checkpoints)
         self.checkpointer = Checkpointer(self.run_dir, states, cfg.to_dict(), cfg.train.keep_checkpoints, self.dist,
                                          map_location=self.device)
 
