@@ -73,3 +73,32 @@ def test_bad_eval_input_is_one_line(run_dir: Path, tmp_path: Path, capsys) -> No
     for args, needle in cases:
         assert eval_main(args) == 2
         assert_one_line_error(2, capsys.readouterr().err, needle)
+
+
+def test_in_loop_validation_per_source_is_each_sources_loss(text_corpus: Path, tmp_path: Path) -> None:
+    """Two text sources: val/<source>/loss and /bpb are logged next to val/loss, and val/<source>/loss is the mean
+    training loss of the final model over that source's validation batches."""
+    from tests.runs import series
+    from train.config import load_config
+    from train.data import prepare
+
+    docs = sorted(text_corpus.glob("*.txt"))
+    for name, part in (("prose", docs[:40]), ("shout", docs[40:])):
+        (tmp_path / name).mkdir()
+        for doc in part:  # the second source upper-cased: a clearly different distribution
+            (tmp_path / name / doc.name).write_text(doc.read_text().upper() if name == "shout" else doc.read_text())
+    sources = f'data.sources=[{{path="{tmp_path / "prose"}", weight=0.5}}, {{path="{tmp_path / "shout"}", weight=0.5}}]'
+    sets = [s for s in tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 4, "train.eval_every": 4})
+            if not s.startswith("data.path=")] + [sources]
+    run = tmp_path / "run"
+    assert train_main(argv(sets, run)) == 0
+    cfg = load_config("configs/tiny-dense.toml", sets)
+    model, _ = load_model_from_run(run)
+    by_source = prepare(cfg.data).val_batches_by_source(cfg.train.batch_size, cfg.train.eval_batches)
+    assert sorted(by_source) == ["prose", "shout"]
+    for name, batches in by_source.items():
+        with torch.no_grad():
+            expected = sum(float(model(x, y).loss) for x, y in batches) / len(batches)
+        assert series(run, f"val/{name}/loss")[4] == pytest.approx(expected, rel=1e-5)  # fp32 means of equal batches
+        # bpb = loss · tokens / (ln 2 · bytes) < loss: a 512-token BPE spells > 1/ln 2 = 1.44 bytes per token
+        assert 0 < series(run, f"val/{name}/bpb")[4] < series(run, f"val/{name}/loss")[4]
