@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 
@@ -84,6 +85,11 @@ def upcycle(dense: Qwen3, target: ModelConfig, seed: int = 0) -> Qwen3:
     Every non-MLP weight (and every MLP of a layer that stays dense) is copied; ``seed`` draws the router rows.
     """
     slices = check_upcyclable(dense.config, target)
+    if slices < target.moe.top_k:
+        warnings.warn(f"moe.expert_hidden={target.moe.expert_hidden} gives {target.moe.top_k // slices} identical copies "
+                      "of each slice per group of top_k experts; they get identical gradients and stay identical "
+                      f"(expert_hidden = mlp_hidden / top_k = {dense.config.mlp_hidden // target.moe.top_k} gives "
+                      "top_k distinct experts)", stacklevel=2)
     with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched
         torch.manual_seed(seed)
         moe_model = build_model(target).to(dtype=next(dense.parameters()).dtype)

@@ -46,6 +46,7 @@ CASES = {  # (gate, E, k, expert_hidden): slices s = 64 / expert_hidden
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
+@pytest.mark.filterwarnings("ignore:moe.expert_hidden=.*identical copies")  # the copies cases, on purpose
 def test_step0_logits_equal_the_dense_models(case: str) -> None:
     gate, experts, top_k, width = CASES[case]
     dense = dense_model()
@@ -70,6 +71,11 @@ def test_sqrtgate_block_output_and_rms_equal_the_dense_mlps() -> None:
         y_dense = dense_block.mlp(x)
         torch.testing.assert_close(y, y_dense, rtol=0, atol=TOL)
         assert abs(y.pow(2).mean().sqrt() / y_dense.pow(2).mean().sqrt() - 1) < TOL
+
+
+def test_copies_inside_a_group_are_warned_about() -> None:
+    with pytest.warns(UserWarning, match="2 identical copies of each slice.*expert_hidden = mlp_hidden / top_k = 16"):
+        upcycle(dense_model(), target(width=32))
 
 
 def test_other_weights_are_copied_and_layers_kept_dense_stay_dense() -> None:

@@ -83,7 +83,9 @@ def test_padded_batches_score_each_window_as_if_alone(moe: bool) -> None:
 
 @pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 40])
 def test_rolling_windows_are_lm_evals(n: int) -> None:
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    lm_eval_utils = pytest.importorskip("lm_eval.utils", reason="optional extra: pip install -e .[eval]")
+    get_rolling_token_windows, make_disjoint_window = (lm_eval_utils.get_rolling_token_windows,
+                                                       lm_eval_utils.make_disjoint_window)
 
     tokens = list(range(100, 100 + n))
     reference = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, 0, 16, 1)]
