@@ -92,3 +92,22 @@ def test_rolling_windows_are_lm_evals(n: int) -> None:
     # lm-eval feeds (context + continuation)[:-1] and scores the continuation
     assert rolling_windows(tokens, 0, 16) == [((c + t)[:-1], t) for c, t in reference]
     assert [t for _, targets in rolling_windows(tokens, 0, 16) for t in targets] == tokens
+
+
+def test_validation_segments_per_corpus_member(tmp_path) -> None:
+    """The default corpus is cached as one stream: its validation documents (sorted by member, each followed by EOS)
+    are cut back into one segment per member through the document index; hand-made index, hand-computed cuts."""
+    import json
+
+    import numpy as np
+
+    from train.data.cache import val_by_member
+
+    (tmp_path / "docs.json").write_text(json.dumps({"train": [], "val": [
+        ["pydoc/a", 0, 3], ["pydoc/b", 4, 1], ["wiki/x", 6, 2], ["wiki/y", 9, 4]]}))
+    val = np.arange(14)
+    members = {"source": {"members": ["pydoc", "wiki"]}}
+    got = val_by_member(tmp_path, members, val)
+    assert {k: [s.tolist() for s in v] for k, v in got.items()} == {"pydoc": [list(range(0, 6))],
+                                                                    "wiki": [list(range(6, 14))]}
+    assert val_by_member(tmp_path, {"source": {"members": ["wiki"]}}, val) == {}  # one member: nothing to split
