@@ -20,6 +20,24 @@ FIXED = [("aux", "0.001", 5.153, 0.562), ("aux", "0.01", 5.149, 0.247), ("aux", 
          ("aux", "1", 5.195, 0.126), ("bias γ_b=1e-3", "0", 5.156, 1.925), ("bias γ_b=1e-2", "0", 5.146, 0.289)]
 
 
+READING = """\
+## Reading (one seed, 300 steps: val-loss differences below ~0.05 are noise here)
+
+- **Target 0.15**: starting from α = 1e-3 the controller raised α for the whole run (≤ 5 %/step, so a decade takes
+  ≥ 47 steps) and ended at α ≈ 0.15–0.19, MaxVio 0.140 over the last quarter: on its own it landed where the fixed-α
+  sweep says the sphere wants to be (α = 0.1: MaxVio 0.150), with the same val loss (5.144 vs 5.152).
+- **Target 0.3**: α rose to ≈ 0.009 while MaxVio fell through 0.3 near step 60, then decayed slowly (MaxVio stayed
+  at 0.22–0.29, under the target) to 0.0017 at the end. A fixed α = 1e-3 run sits at MaxVio 0.56, so the balance
+  reached with the early, larger α persists for a while after α is lowered: the router has memory, and the
+  controller's slow decrease (a factor ≈ (0.25/0.3)^0.05 ≈ 0.99 per step) follows it without oscillating.
+  Val loss 5.146, as every α ≤ 0.1 run.
+- **vs bias balancing**: the aux-loss-free bias has no balance level to aim at (γ_b 1e-3: MaxVio 1.93; γ_b 1e-2:
+  0.29 at the same loss); the controller reaches a chosen MaxVio without tuning γ_b or α.
+- Under MuonH + SqrtGate the loss is flat in α up to 0.1 here, so the controller's value is choosing the balance
+  level (expert utilisation, dispatch efficiency) without an α sweep; it does not improve the loss at this scale.
+"""
+
+
 def schedule(run: dict, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in run["records"] if key in r]
 
@@ -59,7 +77,7 @@ def main() -> None:
     bottom.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "balance_controller.png", dpi=80)
-    lines += ["", "![schedule](balance_controller.png)", ""]
+    lines += ["", "![schedule](balance_controller.png)", "", READING]
     (RESULTS / "balance_controller.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
