@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--out {args.out} already has checkpoints: choose a new run directory")
     if not list_checkpoints(args.dense_run):
         raise ConfigError(f"{args.dense_run} has no checkpoint to upcycle")
-    dense, _ = load_model_from_run(args.dense_run)
+    dense, dense_tokenizer = load_model_from_run(args.dense_run)
     moe = upcycle(dense, cfg.model, seed=cfg.train.seed)  # checks the configs before anything is built
     parts = build_components(cfg)
+    _check_same_tokenizer(dense_tokenizer, parts.data.tokenizer, args.dense_run)
     parts.model.load_state_dict(moe.state_dict())  # onto the run's device and dtype
     args.out.mkdir(parents=True, exist_ok=True)
     path = Trainer(cfg, args.out, parts, build_callbacks(cfg, parts.dist)).save_checkpoint()
@@ -50,6 +51,16 @@ def run(args: argparse.Namespace) -> Path:
     print(f"upcycled {args.dense_run} into {path}; continue with: python -m train --config {args.config}{sets} "
           f"--out {args.out} --resume")
     return path
+
+
+PROBE = "The quick brown fox, 1234 — naïve café!\n\tdef f(x): return x ** 2"
+
+
+def _check_same_tokenizer(dense, data, dense_run: Path) -> None:
+    """The embedding rows mean the dense run's tokens: the MoE run's data must be tokenized alike (probe text)."""
+    if dense is not None and data is not None and dense.encode(PROBE) != data.encode(PROBE):
+        raise ConfigError(f"the MoE run's data.tokenizer encodes text differently from {dense_run}'s tokenizer: "
+                          "upcycle with the dense run's tokenizer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,3 +58,11 @@ def test_bad_upcycle_input_is_one_line(text_corpus: Path, tmp_path: Path, capsys
     assert upcycle_main(_upcycle_argv(dense, wider, tmp_path / "b")) == 2
     assert_one_line_error(2, capsys.readouterr().err, "model.hidden")
     assert not (tmp_path / "b").exists()  # refused before anything was written
+    shouted = tmp_path / "shouted"  # a bpe-512 trained on other text: same vocab size, other merges
+    shouted.mkdir()
+    for doc in text_corpus.glob("*.txt"):
+        (shouted / doc.name).write_text(doc.read_text().upper())
+    other_tokenizer = tiny_overrides(shouted, cache, **MOE)
+    assert upcycle_main(_upcycle_argv(dense, other_tokenizer, tmp_path / "c")) == 2
+    assert_one_line_error(2, capsys.readouterr().err, "encodes text differently")
+    assert not (tmp_path / "c").exists()
