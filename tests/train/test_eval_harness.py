@@ -119,3 +119,28 @@ def test_local_tasks_through_lm_eval_score_our_models_logprobs(text_corpus: Path
         correct.append(max(range(2), key=lambda i: expected[i]) == sample["doc"]["label"])
     assert len(correct) == len(choice) > 5
     assert results["results"]["heldout_choice"]["acc,none"] == pytest.approx(sum(correct) / len(correct))
+
+
+@pytest.mark.slow  # a 2-step run, then lm-eval through the command line: ~1 min
+def test_tasks_command_on_a_run(text_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tests.conftest import tiny_overrides
+    from tests.runs import argv, assert_one_line_error
+    from train.__main__ import main as train_main
+    from train.eval.__main__ import main as eval_main
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    run = tmp_path / "run"
+    assert train_main(argv(tiny_overrides(text_corpus, tmp_path / "cache", **{"train.max_steps": 2}), run)) == 0
+    _, _, choice = heldout_items(text_corpus)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "choice.jsonl").write_text("".join(json.dumps(item) + "\n" for item in choice))
+    (tasks / "choice.yaml").write_text(CHOICE.format(data=tasks / "choice.jsonl"))
+    out = tmp_path / "results.json"
+    assert eval_main([str(run), "--tasks", "heldout_choice", "--include-path", str(tasks), "--out", str(out)]) == 0
+    acc = json.loads(out.read_text())["tasks"]["heldout_choice"]["acc,none"]
+    assert 0.0 <= acc <= 1.0 and "heldout_choice" in capsys.readouterr().out
+    assert eval_main([str(run), "--tasks", "no_such_task", "--include-path", str(tasks)]) == 2
+    assert_one_line_error(2, capsys.readouterr().err, "unknown lm-eval task(s) no_such_task")
