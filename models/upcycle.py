@@ -86,8 +86,9 @@ def upcycle(dense: Qwen3, target: ModelConfig, seed: int = 0) -> Qwen3:
     """
     slices = check_upcyclable(dense.config, target)
     if slices < target.moe.top_k:
-        warnings.warn(f"moe.expert_hidden={target.moe.expert_hidden} gives {target.moe.top_k // slices} identical copies "
-                      "of each slice per group of top_k experts; they get identical gradients and stay identical "
+        copies = target.moe.top_k // slices
+        warnings.warn(f"moe.expert_hidden={target.moe.expert_hidden} gives {copies} identical copies of each slice "
+                      "per group of top_k experts; they get identical gradients and stay identical "
                       f"(expert_hidden = mlp_hidden / top_k = {dense.config.mlp_hidden // target.moe.top_k} gives "
                       "top_k distinct experts)", stacklevel=2)
     with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched

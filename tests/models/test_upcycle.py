@@ -118,7 +118,8 @@ def test_expert_radii_are_the_dense_slices_norms_and_the_sphere_keeps_them() -> 
         optimizer.zero_grad()
     for name, param in moe.named_parameters():
         if "experts" in name:  # per-expert spheres: each expert's radius is the norm it was upcycled with
-            torch.testing.assert_close(torch.linalg.norm(param.detach().flatten(1), dim=1), before[name], rtol=1e-12, atol=0)
+            after = torch.linalg.norm(param.detach().flatten(1), dim=1)
+            torch.testing.assert_close(after, before[name], rtol=1e-12, atol=0)
 
 
 def test_refusals_name_the_field() -> None:

@@ -55,7 +55,8 @@ metadata:
 
 def heldout_items(corpus: Path) -> tuple[list[str], list[dict], list[dict]]:
     """(training texts, cloze items, 2-choice items): the last 10 documents are held out; an item is a sentence's
-    end (up to 8 words, well inside max_seq_len) and its last word (the choice's distractor: the last word of the next sentence)."""
+    end (up to 8 words, well inside max_seq_len) and its last word (the choice's distractor: the last word of the
+    next sentence)."""
     docs = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
     sentences = [s.strip() for doc in docs[-10:] for s in doc.replace("\n", " ").split(".") if len(s.split()) > 3]
     pairs = [(" ".join(s.split()[-9:-1]), " " + s.split()[-1]) for s in sentences[:12]]  # ≤ 8 context words
@@ -100,7 +101,8 @@ def test_local_tasks_through_lm_eval_score_our_models_logprobs(text_corpus: Path
     model = Qwen3(ModelConfig(vocab_size=tokenizer.vocab_size, hidden=32, n_layers=2, n_heads=2, n_kv_heads=1,
                               mlp_hidden=64, max_seq_len=64,
                               moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=32, gate="sqrt"))).double().eval()
-    results = lm_eval.simple_evaluate(model=HyperpLM(model, tokenizer, batch_size=4), tasks=["heldout_cloze", "heldout_choice"],
+    results = lm_eval.simple_evaluate(model=HyperpLM(model, tokenizer, batch_size=4),
+                                      tasks=["heldout_cloze", "heldout_choice"],
                                       task_manager=TaskManager(include_path=str(tasks)), log_samples=True)
     greedy_hits = []
     for sample in results["samples"]["heldout_cloze"]:

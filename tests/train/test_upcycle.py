@@ -49,7 +49,8 @@ def test_upcycled_run_starts_at_the_dense_model_and_keeps_learning(text_corpus: 
 
 def test_bad_upcycle_input_is_one_line(text_corpus: Path, tmp_path: Path, capsys) -> None:
     cache = tmp_path / "cache"
-    assert upcycle_main(_upcycle_argv(tmp_path / "none", tiny_overrides(text_corpus, cache, **MOE), tmp_path / "a")) == 2
+    moe_sets = tiny_overrides(text_corpus, cache, **MOE)
+    assert upcycle_main(_upcycle_argv(tmp_path / "none", moe_sets, tmp_path / "a")) == 2
     assert_one_line_error(2, capsys.readouterr().err, "has no checkpoint to upcycle")
     dense = tmp_path / "dense"
     assert train_main(argv(tiny_overrides(text_corpus, cache, **{"train.max_steps": 1}), dense)) == 0
