@@ -51,6 +51,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "model.moe.global_aux": (C, "how the balance loss is averaged"),
     "model.moe.backend": (C, "how experts are dispatched; same numbers"),
     "model.moe.bias_rate": (C, "step size of the balance bias update"),
+    "model.moe.balance_target": (F, "the saved balance controller's state steers toward it (moe.controller)"),
     **{f"data.{k}": (M, _DATA) for k in (
         "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "sources", "decode_errors")},
     "data.prefetch": (C, "how many batches are built ahead; the same batches"),
@@ -75,6 +76,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "train.device": (C, "checkpoints load onto any device"),
     "train.parallel": (C, "FSDP resumes distributed checkpoints only (python -m train.convert the other way)"),
     "train.activation_checkpointing": (C, "memory only; same numbers"),
+    "train.eval_per_source": (C, "what each evaluation also reports (val/<source>/...)"),
     **{f"hyperp.{k}": (C, "the HyperP base: the peak lrs are derived again") for k in (
         "base_width", "base_depth", "base_tokens", "base_batch_tokens")},
     **{f"monitor.{k}": (C, "what is watched and when") for k in (
