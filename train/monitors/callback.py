@@ -83,7 +83,7 @@ class MonitorCallback(Callback):
 
     def _probe(self, trainer: Trainer) -> torch.Tensor:
         """The churn probe: the first ⌈sample_tokens / seq_len⌉ sequences of the first validation batch."""
-        inputs = trainer.val_batches[0][0]
+        inputs = trainer.validation.batches[0][0]
         return inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
 
     # ------------------------------------------------------------------------------------------------ alarms
