@@ -381,7 +381,8 @@ class Checkpointer:
         self._check_config(path, plain)
         sharded = is_sharded_checkpoint(path)
         if not sharded and any(is_sharded(p) for p in self.model.parameters()):
-            raise CheckpointError("train.parallel='fsdp' resumes only distributed checkpoints; convert or use ddp")
+            raise CheckpointError("train.parallel='fsdp' and train.expert_parallel > 1 resume only distributed "
+                                  "checkpoints; resume this one with ddp and no expert parallelism")
         try:
             if sharded:
                 load_sharded(path, self.model, self.optimizer)
