@@ -15,6 +15,7 @@ import torch
 from train.loop import Callback, Trainer
 from train.monitors.alarms import Alarm, Alarms
 from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
+from train.monitors import stats as S
 from train.monitors.config import MonitorConfig
 
 
@@ -38,7 +39,7 @@ class MonitorCallback(Callback):
         self._device = trainer.device
         if self.cfg.every > 0:
             self.activations = ActivationCollector(trainer.model, self.cfg.sample_tokens)
-            self.experts = ExpertLoad(trainer.model)
+            self.experts = ExpertLoad(trainer.model, trainer.dist)
             if self._pending_experts:
                 self.experts.load_state_dict(self._pending_experts, trainer.device)
             self.optim.init_reference(trainer.optimizer)
@@ -59,11 +60,12 @@ class MonitorCallback(Callback):
             self.activations.disarm()
             tensors = self.activations.take()
             tensors.update(self.optim.after_step(trainer.optimizer))
+            tensors = S.reduce_over_ranks(tensors, trainer.dist)  # each rank's statistics → the global batch's
             if self.experts is not None and self.experts.active:
                 tensors.update(self.experts.report(self.cfg.expert_tokens))
             if tensors:
                 names = list(tensors)
-                values = torch.stack([tensors[n].detach().float().reshape(()) for n in names]).tolist()  # one sync
+                values = torch.stack([tensors[n].detach().double().reshape(()) for n in names]).tolist()  # one sync
                 metrics.update(zip(names, values, strict=True))
         for alarm in self.alarms.check(step, metrics):
             self._raise(trainer, alarm)

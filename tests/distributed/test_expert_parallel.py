@@ -1,0 +1,184 @@
+"""Expert parallelism (gloo, CPU) is invariant: one process = DP = EP = DP × EP for the same global batch.
+
+Runs (``conftest.py``): the world-2 spawn shared with ``test_distributed.py`` (EP 2 under DDP and FSDP, the loop
+backend, bias balancing with 4 micro-batches of 1 instead of 2 of 4, a run saved under EP 2 and resumed without
+EP and in one process, the dispatch and Newton–Schulz-owner checks) and, marked slow, one world-4 spawn (DP 4,
+DP 2 × EP 2 under DDP and FSDP, EP 4, a run saved at EP 2 and resumed at EP 4). Every run is fp64 and compared with
+the single-process reference of the same global batch and micro-batch split, with the bounds derived in
+``test_distributed.py``'s docstring: EP changes nothing but the order of reductions (the experts' weight gradients
+sum the rows received from each rank in another grouping; dense gradients are reduced as under DP). The dispatch
+check compares one layer directly: fp64 sums of ≤ 64 terms of magnitude ≤ 10·max|y| in another order differ by
+≤ 64·u·10·max|y| ≈ 7e-14·max|y|, so it uses 1e-12·max|reference| (≥ 10× that, ≥ 1e8× below a misrouted row).
+
+Deliberate breaks, each tried once and caught (the failing test and its message):
+- a wrong split size (rows sent to rank j counted from the counts of experts j·n…, i.e. ``counts.view(-1, n)``):
+  ``test_dispatch_equals_one_process`` (output rows of other tokens, mismatch ~1) and every EP training comparison;
+- the reverse permutation left out (expert outputs combined in sorted-slot order): the same tests;
+- the global aux counts reduced over the EP group instead of all ranks: the world-4 DP × EP runs (aux at step 1
+  differs ~1e-2); over the data-parallel group (one rank under EP 2): the world-2 EP runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.harness import (MONITOR_EVERY, STEPS, assert_close_weights, assert_same_series, final_weights,
+                                       run_sets)
+from tests.distributed.jobs import DISPATCH_CASES, dispatch_problem, owner_problem
+from tests.runs import argv, series
+
+# (EP run, its one-process reference): optimizers, DDP/FSDP, dispatch backends, balance modes, accumulation splits.
+EP_RUNS = [("ep-ddp-muonh-moe", "ref-muonh-moe"), ("ep-fsdp-adamh-moe", "ref-adamh-moe"),
+           ("ep-ddp-adamw-moe-loop", "ref-adamw-moe"), ("ep-ddp-muonh-moebias-accum", "ref-muonh-moebias"),
+           ("ep-resume-noep", "ref-muonh-moe")]
+WORLD4_RUNS = [("w4-ddp-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep2-muonh-moe", "ref-muonh-moe"),
+               ("w4-fsdp-ep2-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep4-adamh-moe", "ref-adamh-moe"),
+               ("w4-split", "ref-adamw-moe")]
+# Monitor families that are per-rank statistics combined, not the pooled sample's (train/monitors/stats.py).
+PER_RANK = ("outlier_frac", "max_over_rms", "kurtosis")
+DISPATCH_RTOL = 1e-12  # × max|reference| (module docstring)
+
+
+def _assert_selection_bias_exact(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    biases = [k for k in ref if k.endswith("selection_bias")]
+    for k in biases:  # ±γ_b sign steps of identical global counts: bit for bit
+        assert ref[k].abs().sum() > 0 and torch.equal(got[k], ref[k]), k
+
+
+@pytest.mark.parametrize(("name", "ref"), EP_RUNS)
+def test_expert_parallel_equals_one_process(runs: dict[str, Path], name: str, ref: str) -> None:
+    assert_same_series(runs[ref], runs[name])
+    ref_w, got_w = final_weights(runs[ref]), final_weights(runs[name])
+    assert_close_weights(ref_w, got_w)
+    _assert_selection_bias_exact(ref_w, got_w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "ref"), WORLD4_RUNS)
+def test_world4_equals_one_process(runs: dict[str, Path], runs4: dict[str, Path], name: str, ref: str) -> None:
+    """DP 4, DP 2 × EP 2 (DDP, FSDP), EP 4, and a run saved at DP 2 × EP 2 (FSDP) and resumed at EP 4 (DDP)."""
+    assert_same_series(runs[ref], runs4[name])
+    assert_close_weights(final_weights(runs[ref]), final_weights(runs4[name]))
+
+
+def _monitors(run: Path) -> dict[str, dict[int, float]]:
+    names = {k for line in (run / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)
+             if k.startswith("monitor/") and k.split("/")[1] not in PER_RANK}
+    return {k: series(run, k) for k in sorted(names)}
+
+
+@pytest.mark.parametrize("name", ["ep-ddp-muonh-moe", "fsdp-muonh-moe"])
+def test_monitors_reduced_across_ranks(runs: dict[str, Path], name: str) -> None:
+    """Activation statistics, expert loads and optimizer norms logged under EP / DP are those of the global batch:
+    the one-process values (fp64 statistics; the sample covers every token of a micro-batch here)."""
+    ref, got = _monitors(runs["ref-muonh-moe"]), _monitors(runs[name])
+    assert ref.keys() == got.keys() and "monitor/rms/mlp/layer_01" in ref and "monitor/expert_tokens/layer_00/expert_03" in ref
+    for key, values in ref.items():
+        assert sorted(values) == sorted(got[key]) == list(range(MONITOR_EVERY, STEPS + 1, MONITOR_EVERY)), key
+        floor = 1e-12 if key == "monitor/sphere_norm_drift" else 0.0  # ~1e-16: rounding of the retraction itself
+        for step, a in values.items():
+            assert abs(a - got[key][step]) <= 1e-10 * abs(a) + floor, (key, step, a, got[key][step])
+
+
+@pytest.mark.parametrize("backend", ["torch", "loop"])
+def test_dispatch_equals_one_process(runs: dict[str, Path], backend: str) -> None:
+    """One MoE layer, experts over 2 ranks, vs the unsharded layer (loop backend) on the concatenated tokens: outputs
+    and every gradient — also when all tokens go to rank 0's experts (rank 1 receives nothing, sends nothing)."""
+    for case in DISPATCH_CASES:
+        got = [torch.load(runs["root"] / f"dispatch-{backend}-{case}-rank{r}.pt") for r in range(2)]
+        _check_dispatch(got, case)
+
+
+@pytest.mark.slow
+def test_dispatch_equals_one_process_world4(runs4: dict[str, Path]) -> None:
+    for case in DISPATCH_CASES:
+        _check_dispatch([torch.load(runs4["root"] / f"dispatch-torch-{case}-rank{r}.pt") for r in range(4)], case)
+
+
+def _check_dispatch(got: list[dict], case: str) -> None:
+    world = len(got)
+    block, x, cotangent = dispatch_problem(world, case, "loop")
+    x.requires_grad_()
+    y, _ = block(x)
+    (y * cotangent).sum().backward()
+
+    def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+        tol = DISPATCH_RTOL * float(b.abs().max())
+        torch.testing.assert_close(a, b, rtol=0, atol=tol, msg=lambda m: f"{case} {what}: {m}")
+
+    per_rank = block.experts.num_experts // world
+    for r, g in enumerate(got):
+        rows, experts = slice(5 * r, 5 * (r + 1)), slice(per_rank * r, per_rank * (r + 1))
+        close(g["y"], y.detach()[rows], f"rank {r} output")
+        close(g["x"], x.grad[rows], f"rank {r} input gradient")
+        for n, p in block.experts.named_parameters():  # every rank's tokens reach the owner's experts
+            close(g["experts"][n], p.grad[experts], f"rank {r} {n} gradient")
+    close(sum(g["router"] for g in got), block.router.weight.grad, "router gradient")
+    close(sum(g["shared"] for g in got), block.shared_expert.down_proj.weight.grad, "shared expert gradient")
+    if case == "one_rank":
+        assert all(float(t.abs().max()) == 0 for g in got[1:] for t in g["experts"].values())
+
+
+def test_newton_schulz_once_per_matrix_on_its_owner(runs: dict[str, Path]) -> None:
+    _check_owners([torch.load(runs["root"] / f"owner-rank{r}.pt") for r in range(2)])
+
+
+@pytest.mark.slow
+def test_newton_schulz_owners_world4(runs4: dict[str, Path]) -> None:
+    _check_owners([torch.load(runs4["root"] / f"owner-rank{r}.pt") for r in range(4)])
+
+
+def _check_owners(got: list[dict]) -> None:
+    """Row-sharded matrices: each orthogonalized once in all (round-robin owners), every rank holding its rows of
+    the whole matrix's Newton–Schulz; the expert tensor (sharded on the expert dim) locally on every rank."""
+    from hyperp.optim.newton_schulz import newton_schulz
+
+    world = len(got)
+    matrices = owner_problem(world)
+    *rows_sharded, experts = matrices
+    calls = sorted(c for g in got for c in g["calls"] if len(c) == 2)
+    assert calls == sorted(tuple(m.shape) for m in rows_sharded)  # once each, on the whole matrix
+    assert all(c == (experts.shape[0] // world, *experts.shape[1:]) for g in got for c in g["calls"] if len(c) == 3)
+    for i, m in enumerate(matrices):
+        parts = [g["results"][i] for g in got]
+        # The whole matrix, as every rank would have computed it: the same input, so the same fp64 result.
+        torch.testing.assert_close(torch.cat(parts), newton_schulz(m), rtol=0, atol=1e-14, msg=lambda s: f"{i}: {s}")
+
+
+def test_saved_under_ep_resumes_in_one_process_and_converts(runs: dict[str, Path], text_corpus: Path,
+                                                            tmp_path: Path) -> None:
+    """EP 2 → one plain process (no torchrun), identical continuation; ``train.convert`` of an EP checkpoint."""
+    from train import checkpoint
+    from train.__main__ import main
+    from train.convert import main as convert
+
+    split = runs["ep-split"]
+    manifest = json.loads((checkpoint.list_checkpoints(split)[-1] / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and {"__0_0.distcp", "__1_0.distcp"} <= set(manifest["files"])
+    assert main(argv(run_sets(text_corpus, runs["cache"], "moe", "muonh", 1), split, "--resume")) == 0
+    assert_same_series(runs["ref-muonh-moe"], split)
+    assert_close_weights(final_weights(runs["ref-muonh-moe"]), final_weights(split))
+    assert convert([str(runs["ep-ddp-muonh-moe"]), "--out", str(tmp_path / "single"), "--hf", str(tmp_path / "hf")]) == 0
+    state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "single")[-1])
+    assert_close_weights(final_weights(runs["ref-muonh-moe"]), state["model"])
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_expert_parallel_config_errors() -> None:
+    from hyperp.errors import ConfigError
+    from train.config import load_config
+    from train.distributed import _expert_mesh
+
+    moe = ["model.moe.num_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32"]
+    with pytest.raises(ConfigError, match=r"train.expert_parallel=3 must divide model.moe.num_experts=4"):
+        load_config("configs/tiny-dense.toml", [*moe, "train.expert_parallel=3"])
+    with pytest.raises(ConfigError, match=r"train.expert_parallel=2 needs an MoE model"):
+        load_config("configs/tiny-dense.toml", ["train.expert_parallel=2"])
+    with pytest.raises(ConfigError, match=r"train.expert_parallel=0 must be >= 1"):
+        load_config("configs/tiny-dense.toml", [*moe, "train.expert_parallel=0"])
+    with pytest.raises(ConfigError, match=r"train.expert_parallel=4 must divide the number of processes \(6\)"):
+        _expert_mesh(4, 6)
