@@ -64,7 +64,9 @@ def _expert_parallel_jobs(corpus: Path, cache: Path, root: Path, dirs: dict[str,
     jobs: list[Job] = [("dispatch", "dispatch-torch", ["torch"]), ("dispatch", "dispatch-loop", ["loop"]),
                        ("owner", "owner", [])]
     _train(jobs, dirs, root, "ep-ddp-muonh-moe", ep("moe", "muonh", **{"monitor.every": MONITOR_EVERY}))
-    _train(jobs, dirs, root, "ep-fsdp-adamh-moe", ep("moe", "adamh", **{"train.parallel": '"fsdp"'}))
+    # Activation checkpointing recomputes each block's forward, all-to-alls included, in backward: same numbers.
+    _train(jobs, dirs, root, "ep-fsdp-adamh-moe", ep("moe", "adamh", **{"train.parallel": '"fsdp"',
+                                                                       "train.activation_checkpointing": "true"}))
     _train(jobs, dirs, root, "ep-ddp-adamw-moe-loop", ep("moe", "adamw", **{"model.moe.backend": '"loop"'}))
     # Bias balancing trains no aux loss, so the gradient does not depend on the micro-batch split: 4 micro-batches
     # of 1 per rank against the reference's 2 of 4.
