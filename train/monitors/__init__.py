@@ -17,6 +17,10 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
 - Optimizer health: ``monitor/grad_norm/G``, ``monitor/weight_norm/G``, ``monitor/update_ratio/G``,
   ``monitor/sphere_norm_drift``.
 
+Under torchrun every rank computes these on its own tokens and the logged values are reduced over ranks
+(:func:`train.monitors.stats.reduce_over_ranks`; what each means under data / expert parallelism: its docstring and
+docs/distributed.md "Monitors under DP and EP").
+
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
 ``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
 10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``
