@@ -10,12 +10,23 @@ sum the rows received from each rank in another grouping; dense gradients are re
 check compares one layer directly: fp64 sums of ≤ 64 terms of magnitude ≤ 10·max|y| in another order differ by
 ≤ 64·u·10·max|y| ≈ 7e-14·max|y|, so it uses 1e-12·max|reference| (≥ 10× that, ≥ 1e8× below a misrouted row).
 
-Deliberate breaks, each tried once and caught (the failing test and its message):
-- a wrong split size (rows sent to rank j counted from the counts of experts j·n…, i.e. ``counts.view(-1, n)``):
-  ``test_dispatch_equals_one_process`` (output rows of other tokens, mismatch ~1) and every EP training comparison;
-- the reverse permutation left out (expert outputs combined in sorted-slot order): the same tests;
-- the global aux counts reduced over the EP group instead of all ranks: the world-4 DP × EP runs (aux at step 1
-  differs ~1e-2); over the data-parallel group (one rank under EP 2): the world-2 EP runs.
+Deliberate breaks, each tried once (on the world-2 / world-4 jobs), and what failed:
+- a wrong split size, consistent on both sides (rank j sent the rows of experts j, j+n, … while it owns a contiguous
+  block): ``test_dispatch_equals_one_process`` "spread rank 0 output: … Mismatched elements: 16 / 80, greatest
+  absolute difference 0.069 (up to 4.4e-13 allowed)" and every EP run, ``('train/loss', 1, 6.24617…, 6.24362…)``;
+  split sizes that disagree between sender and receiver abort gloo ("Received data size doesn't match expected
+  size"), which fails the whole spawn;
+- the reverse permutation left out (outputs combined in sorted-slot order): the dispatch test "80 / 80 mismatched,
+  greatest absolute difference 0.30" and ``('train/loss', 1, 6.24617…, 6.24985…)``;
+- the global aux counts reduced over the data-parallel group (one rank under EP 2) at world 2, or over the EP group
+  at world 4 (DP 2 × EP 2): ``('train/loss', 2, 6.232754…, 6.233247…)``, the logged aux at step 1 2.0285 vs 2.0791;
+- the expert gradients not divided by the world size (DDP × EP): ``('train/loss', 3, 6.21017649, 6.21017654)`` (MuonH
+  normalizes the update, so only clipping and the logged gradient norm see the factor; the norm differs 2×); not
+  all-reduced over the data-parallel group at world 4: ``('train/loss', 2, 6.232754…, 6.233404…)``;
+- Newton–Schulz on each rank's rows instead of the owner's whole matrix: ``test_newton_schulz_once_per_matrix_on_its
+  _owner`` (calls on (0, 7), (1, 7), … shards) and the FSDP MuonH runs, ``('train/loss', 2, 6.24097, 6.24119)``;
+- monitor statistics not reduced over ranks (rank 0's view logged): ``test_monitors_reduced_across_ranks``
+  ``('monitor/attn_logit_max/layer_00', 2, 3.7903, 3.7886)``.
 """
 
 from __future__ import annotations
