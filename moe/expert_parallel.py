@@ -20,6 +20,9 @@ then saves and reshards them like any DTensor, and the sphere optimizers see eac
 Every rank of the group must take part in both exchanges of every MoE layer, in forward and in backward: a rank
 whose tokens all go elsewhere still sends empty splits, and one that receives no row still keeps the exchange (and
 a zero gradient for its experts) in its autograd graph.
+
+Shape suffixes (torchtitan's convention): T tokens, K = top-k, S = T·K token-slots, E experts (all ranks'), R rows
+received, H hidden.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.distributed._functional_collectives import all_to_all_single
 
 from hyperp.errors import ConfigError
 from hyperp.optim.sharded import local
@@ -67,6 +69,8 @@ def local_experts(experts: Experts) -> ExpertWeights:
 def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, *, group: ProcessGroup,
              local_dispatch: DispatchFn) -> Tensor:
     """Σ_j weights[:, j]·Expert_{indices[:, j]}(x) with the experts spread over ``group`` (module docstring)."""
+    from torch.distributed._functional_collectives import all_to_all_single  # torch builds without distributed
+
     mine = local_experts(experts)
     n, k = torch.distributed.get_world_size(group), indices.shape[1]
     flat_TK = indices.reshape(-1)
@@ -79,8 +83,9 @@ def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: Experts, *, g
     expert_R = torch.arange(mine.num_experts, device=x.device).repeat(n).repeat_interleave(received_E)
     y_RH = _local_experts(routed_RH, expert_R, mine, local_dispatch)
     back_SH = all_to_all_single(y_RH, send, receive, group)
-    slots = back_SH.index_select(0, torch.argsort(order_S)).view(-1, k, back_SH.shape[-1])  # slot order again
-    return torch.einsum("tkh,tk->th", slots, weights.to(slots.dtype))
+    inverse_S = torch.empty_like(order_S).index_copy_(0, order_S, torch.arange(order_S.shape[0], device=x.device))
+    slots_TKH = back_SH.index_select(0, inverse_S).view(-1, k, back_SH.shape[-1])  # slot order again
+    return torch.einsum("tkh,tk->th", slots_TKH, weights.to(slots_TKH.dtype))
 
 
 def _local_experts(x_RH: Tensor, expert_R: Tensor, mine: ExpertWeights, local_dispatch: DispatchFn) -> Tensor:

@@ -185,7 +185,8 @@ def wrap(model: nn.Module, cfg: RunConfig, env: DistEnv, device: torch.device) -
                 block.mlp.shard_experts(env.mesh["ep"])
     if cfg.train.parallel == "ddp":
         if env.mesh is not None:  # reduced over dp by reduce_expert_grads; DDP must neither sync nor broadcast them
-            names = [n for n, p in model.named_parameters() if any(p is q for q in expert_parameters(model))]
+            experts = {id(p) for p in expert_parameters(model)}
+            names = [n for n, p in model.named_parameters() if id(p) in experts]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     bf16 = device.type == "cuda" and cfg.train.dtype in ("auto", "bfloat16")
