@@ -15,7 +15,7 @@ from hyperp.errors import ConfigError
 from models.qwen3 import Qwen3, build_model
 from moe.balance import BalancePolicy
 from train.config import RunConfig
-from train.data import BatchSampler, PreparedData, prepare
+from train.data import BatchSampler, Prefetcher, PreparedData, prepare
 from train.distributed import DistEnv, checkpoint_activations, device_for, wrap
 from train.transfer import derive_run
 
@@ -25,7 +25,7 @@ class Components:
     model: Qwen3
     optimizer: CompositeOptimizer
     data: PreparedData
-    sampler: BatchSampler
+    sampler: BatchSampler | Prefetcher  # data.prefetch > 0: batches built ahead in a thread, on the device
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     dist: DistEnv = DistEnv()  # rank / world size under torchrun (train.distributed)
@@ -68,7 +68,7 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     data = prepare(cfg.data)
     if env.is_main:
         env.barrier()
-    sampler = data.sampler(cfg.train.batch_size, env.rank, env.world_size, grad_accum=cfg.train.grad_accum)
+    sampler = data.loader(cfg.train.batch_size, env.rank, env.world_size, cfg.train.grad_accum, device)
     if data.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
     # Same seed on every rank: identical initial weights (initialized in fp32, then cast for float64 runs).

@@ -5,7 +5,7 @@ A run's state is a dict of Stateful objects (torchtitan ``components/checkpoint.
 (its counters), ``callbacks`` and ``rng``, plus the run config. :class:`Checkpointer` saves and restores them
 through one of two storages:
 
-- single file (a plain process): ``state.pt`` holds every state dict (``torch.save``);
+- single file (a plain process): ``state.pt`` holds every state dict;
 - sharded (a torchrun process group): torch.distributed.checkpoint shards of ``model`` and ``optimizer`` (keyed by
   parameter name and resharded on load, so any world size and any expert-parallel size — a single process
   included — resumes them; expert-parallel experts are DTensors like FSDP's shards) and ``trainer.pt`` with the
@@ -17,12 +17,14 @@ moment leaves the previous set or the new one, never a half checkpoint that look
 a rename first and a delete second (re-saving a step, pruning to the newest ``keep``). Resume takes the newest
 checkpoint whose files all verify, refuses one written for another model (naming the first differing key) before
 anything is changed, and restores every state and every RNG (Python, NumPy, torch CPU and CUDA).
+
+What goes into the files and how they are read back is :mod:`train.serialization`: tensors and plain data only,
+loaded without running code (``weights_only``, a restricted DCP reader) and memory-mapped rather than read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -38,6 +40,7 @@ from torch import nn
 
 from hyperp.optim import CompositeOptimizer
 from hyperp.optim.sharded import is_sharded
+from train import serialization
 from train.distributed import DistEnv
 from train.errors import CheckpointError
 
@@ -81,14 +84,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _to_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def _entry(data: bytes) -> dict[str, Any]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+def _write_state(path: Path, state: Any) -> dict[str, Any]:
+    """Write ``state`` (tensors and plain data) to ``path``, fsync'd, streaming; returns its manifest entry."""
+    with open(path, "wb") as fh:
+        entry = serialization.dump(state, fh)
+        os.fsync(fh.fileno())
+    return entry
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -212,11 +213,9 @@ def _verify(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     return manifest
 
 
-def _unpickle(file: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    try:
-        state = torch.load(file, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint to the user
-        raise CheckpointError(f"checkpoint file {file} cannot be read: {type(err).__name__}") from None
+def _read_state(file: Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> dict[str, Any]:
+    load = serialization.load_trusted if trusted else serialization.load
+    state = load(file, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint file {file} does not hold a training state")
     return state
@@ -244,15 +243,16 @@ def _newest_valid(run_dir: Path, read: Callable[[Path], _T], warn: bool = True) 
 def save(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
     """Write ``state`` (every state dict of a run) as single-file checkpoint ``step``; prune to the newest ``keep``."""
     tmp = _fresh_tmp(run_dir, step, str(os.getpid()))
-    payload = _to_bytes(state)
-    _write_file(tmp / STATE_FILE, payload)
-    return _seal(tmp, {"format": FORMAT_VERSION, "step": step, "files": {STATE_FILE: _entry(payload)}}, step, keep)
+    entry = _write_state(tmp / STATE_FILE, state)
+    return _seal(tmp, {"format": FORMAT_VERSION, "step": step, "files": {STATE_FILE: entry}}, step, keep)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one single-file checkpoint directory after verifying it; any problem → CheckpointError naming the file."""
+def load(path: Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> dict[str, Any]:
+    """Load one single-file checkpoint directory after verifying it; any problem → CheckpointError naming the file.
+    ``trusted``: unpickle objects other than tensors and plain data (runs any code they hold; the converter's
+    ``--trust-checkpoint`` for old checkpoints)."""
     _verify(path, (STATE_FILE,))
-    return _unpickle(path / STATE_FILE, map_location)
+    return _read_state(path / STATE_FILE, map_location, trusted)
 
 
 def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
@@ -277,6 +277,7 @@ def save_sharded(run_dir: Path, step: int, plain: dict[str, Any], model: nn.Modu
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    serialization.plain(plain)  # on every rank, before any collective: a refusal on rank 0 alone would hang the rest
     tmp = checkpoint_dir(run_dir) / f".tmp-{_PREFIX}{step:06d}-{SHARDED_FORMAT}"  # one name for every rank
     if env.is_main:
         _fresh_tmp(run_dir, step, SHARDED_FORMAT)
@@ -285,17 +286,20 @@ def save_sharded(run_dir: Path, step: int, plain: dict[str, Any], model: nn.Modu
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # returns once every rank has written
     final = checkpoint_dir(run_dir) / f"{_PREFIX}{step:06d}"
     if env.is_main:
-        _write_file(tmp / TRAINER_FILE, _to_bytes(plain))
+        _write_state(tmp / TRAINER_FILE, plain)
         files = {p.name: _file_entry(p) for p in sorted(tmp.iterdir())}
         _seal(tmp, {"format": SHARDED_FORMAT, "step": step, "world_size": env.world_size, "files": files}, step, keep)
     env.barrier()
     return final
 
 
-def read_sharded(path: Path) -> dict[str, Any]:
-    """Verify a sharded checkpoint and return its trainer.pt (every state but the model and optimizer shards)."""
-    _verify(path, (TRAINER_FILE, ".metadata"))
-    return _unpickle(path / TRAINER_FILE)
+def read_sharded(path: Path, trusted: bool = False) -> dict[str, Any]:
+    """Verify a sharded checkpoint and return its trainer.pt (every state but the model and optimizer shards);
+    ``trusted`` as in :func:`load`. The shards' index is read (safely) here too, so that a bad one is refused before
+    the checkpoint is chosen."""
+    _verify(path, (TRAINER_FILE, serialization.DCP_METADATA))
+    serialization.PlainReader(path).read_metadata()
+    return _read_state(path / TRAINER_FILE, trusted=trusted)
 
 
 def load_sharded(path: Path, model: nn.Module, optimizer: CompositeOptimizer) -> None:
@@ -310,10 +314,10 @@ def load_sharded(path: Path, model: nn.Module, optimizer: CompositeOptimizer) ->
     try:
         with warnings.catch_warnings():  # a single process reading shards is intended here
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-            dcp.load(state, checkpoint_id=str(path))
+            dcp.load(state, storage_reader=serialization.PlainReader(path))
         set_state_dict(model, optimizer.optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
     except (Exception, dcp.api.CheckpointException) as err:  # noqa: BLE001 - DCP raises many types (one a BaseException)
-        raise _does_not_fit(path, err) from None
+        raise serialization.refusal(err) or _does_not_fit(path, err) from None
 
 
 def model_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -322,7 +326,7 @@ def model_weights(path: Path) -> dict[str, torch.Tensor]:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(path))["model"]
+        return _load_state_dict_from_keys(keys={"model"}, storage_reader=serialization.PlainReader(path))["model"]
 
 
 # ------------------------------------------------------------------------------------------------ the checkpointer
@@ -390,6 +394,8 @@ class Checkpointer:
             for name, stateful in self.states.items():
                 if name not in TENSOR_STATES or not sharded:
                     stateful.load_state_dict(plain[name])
+        except CheckpointError:  # a refusal of the shards' contents says so itself
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise _does_not_fit(path, err) from None
         return path

@@ -118,8 +118,8 @@ def _drop_none(value: Any) -> Any:
     """TOML has no null: omit unset optional fields so a saved config loads back."""
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (tuple, list)):  # e.g. data.sources, a list of tables
+        return [_drop_none(v) for v in value]
     return value
 
 
@@ -292,4 +292,6 @@ def _toml_value(value: Any) -> str:
         return repr(value) if value == value and value not in (float("inf"), float("-inf")) else f'"{value}"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (data.sources entries)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperp.errors import HyperpError
-from train.data.sources import OFFLINE_ENV
+from train.downloads import OFFLINE_ENV
 
 Row = tuple[str, str]
 

@@ -148,6 +148,7 @@ class Trainer:
         if self.balance is not None:
             metrics.update(self.balance.step_metrics())
         metrics.update(extra)
+        metrics.update(self.sampler.metrics(self.state.step))  # data/tokens/<source> of a mixture (train.data)
         metrics.update({"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/tokens": float(self.state.tokens), "train/skipped_steps": float(self.state.skipped_steps)})
         if self.state.nonfinite_streak >= cfg.max_nonfinite:

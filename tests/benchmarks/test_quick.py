@@ -40,3 +40,11 @@ def test_gpu_benchmark_quick(script, tmp_path, capsys):
         assert "| ---" in out.read_text()
     else:
         assert "skipped" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.slow  # three fresh processes (one per way of resuming), each importing torch
+def test_checkpoint_memory_quick(tmp_path):
+    out = tmp_path / "result.md"
+    assert _main("checkpoint_memory")(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "load average" in text and "| ---" in text and text.count("| read_bytes") == 1

@@ -95,19 +95,23 @@ def test_monitors_reduced_across_ranks(runs: dict[str, Path], name: str) -> None
             assert abs(a - got[key][step]) <= 1e-10 * abs(a) + floor, (key, step, a, got[key][step])
 
 
+def _load_ranks(root: Path, job: str, world: int) -> list[dict]:
+    """What each rank of a check job saved (``tests/distributed/jobs.py``)."""
+    return [torch.load(root / f"{job}-rank{r}.pt", weights_only=True) for r in range(world)]
+
+
 @pytest.mark.parametrize("backend", ["torch", "loop"])
 def test_dispatch_equals_one_process(runs: dict[str, Path], backend: str) -> None:
     """One MoE layer, experts over 2 ranks, vs the unsharded layer (loop backend) on the concatenated tokens: outputs
     and every gradient — also when all tokens go to rank 0's experts (rank 1 receives nothing, sends nothing)."""
     for case in DISPATCH_CASES:
-        got = [torch.load(runs["root"] / f"dispatch-{backend}-{case}-rank{r}.pt") for r in range(2)]
-        _check_dispatch(got, case)
+        _check_dispatch(_load_ranks(runs["root"], f"dispatch-{backend}-{case}", 2), case)
 
 
 @pytest.mark.slow
 def test_dispatch_equals_one_process_world4(runs4: dict[str, Path]) -> None:
     for case in DISPATCH_CASES:
-        _check_dispatch([torch.load(runs4["root"] / f"dispatch-torch-{case}-rank{r}.pt") for r in range(4)], case)
+        _check_dispatch(_load_ranks(runs4["root"], f"dispatch-torch-{case}", 4), case)
 
 
 def _check_dispatch(got: list[dict], case: str) -> None:
@@ -135,12 +139,12 @@ def _check_dispatch(got: list[dict], case: str) -> None:
 
 
 def test_newton_schulz_once_per_matrix_on_its_owner(runs: dict[str, Path]) -> None:
-    _check_owners([torch.load(runs["root"] / f"owner-rank{r}.pt") for r in range(2)])
+    _check_owners(_load_ranks(runs["root"], "owner", 2))
 
 
 @pytest.mark.slow
 def test_newton_schulz_owners_world4(runs4: dict[str, Path]) -> None:
-    _check_owners([torch.load(runs4["root"] / f"owner-rank{r}.pt") for r in range(4)])
+    _check_owners(_load_ranks(runs4["root"], "owner", 4))
 
 
 def _check_owners(got: list[dict]) -> None:

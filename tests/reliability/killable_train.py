@@ -20,6 +20,7 @@ def _install(phase: str, target: int) -> None:
 
     calls = {"save": 0, "write": 0, "fsync": 0}
     original_save, original_write, original_fsync = checkpoint.save, checkpoint._write_file, checkpoint._fsync_dir
+    original_write_state = checkpoint._write_state
     original_rmtree = checkpoint.shutil.rmtree
 
     def die(when: bool) -> None:
@@ -32,10 +33,18 @@ def _install(phase: str, target: int) -> None:
         calls["write"] = calls["fsync"] = 0
         return original_save(*args, **kwargs)
 
-    def write_file(path, data):
-        original_write(path, data)
+    def written() -> None:  # state.pt is the first file a save writes, the manifest the second
         calls["write"] += 1
         die(phase == "state" and calls["write"] == 1 or phase == "manifest" and calls["write"] == 2)
+
+    def write_state(path, state):
+        entry = original_write_state(path, state)
+        written()
+        return entry
+
+    def write_file(path, data):
+        original_write(path, data)
+        written()
 
     def fsync_dir(path):
         original_fsync(path)
@@ -49,6 +58,7 @@ def _install(phase: str, target: int) -> None:
             return original_rmtree(path, *args, **kwargs)
 
     checkpoint.save, checkpoint._write_file, checkpoint._fsync_dir = save, write_file, fsync_dir
+    checkpoint._write_state = write_state
     checkpoint.shutil = _Shutil  # only train.checkpoint's view of shutil
 
 

