@@ -32,6 +32,8 @@ Deliberate breaks, each tried once (on the world-2 / world-4 jobs), and what fai
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,7 @@ WORLD4_RUNS = [("w4-ddp-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep2-muonh-moe", "
 # Monitor families that are per-rank statistics combined, not the pooled sample's (train/monitors/stats.py).
 PER_RANK = ("outlier_frac", "max_over_rms", "kurtosis")
 DISPATCH_RTOL = 1e-12  # × max|reference| (module docstring)
+GPU = (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 
 
 def _assert_selection_bias_exact(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
@@ -136,6 +139,65 @@ def _check_dispatch(got: list[dict], case: str) -> None:
     close(sum(g["shared"] for g in got), block.shared_expert.down_proj.weight.grad, "shared expert gradient")
     if case == "one_rank":
         assert all(float(t.abs().max()) == 0 for g in got[1:] for t in g["experts"].values())
+
+
+@contextmanager
+def _world_of_one(device: torch.device) -> Iterator[object]:
+    """A one-rank process group in this process (gloo on CPU, NCCL on CUDA) and its 1-D DeviceMesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh(device.type, (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def _block_grads(block: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor,
+                 autocast: torch.dtype | None) -> list[torch.Tensor]:
+    """Output, then the gradients of the input, the three expert weights and the router (training's autocast)."""
+    from hyperp.optim.sharded import local
+
+    x = x.clone().requires_grad_()
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        y, _ = block(x)
+    (y.float() * cotangent).sum().backward()
+    experts = [local(p.grad) for p in (block.experts.w_gate, block.experts.w_up, block.experts.w_down)]
+    return [y.detach().float(), x.grad, *experts, block.router.weight.grad]
+
+
+@pytest.mark.parametrize(("device", "backend"), [("cpu", "torch"), ("cpu", "loop"),
+                                                 pytest.param("cuda", "torch", marks=GPU),
+                                                 pytest.param("cuda", "megablocks", marks=GPU)])
+def test_dispatch_world_of_one_equals_no_ep(device: str, backend: str) -> None:
+    """The whole EP path in one process (the all-to-alls exchange with the rank itself: gloo here, NCCL on a GPU)
+    vs the same block without EP and the same backend: output and every gradient. CPU: fp64, ``DISPATCH_RTOL``.
+    CUDA: training's precision (fp32 weights, bf16 autocast); the router is the same computation in both, and each
+    side's expert path is within moe.dispatch.precision's bf16 bounds of the exact one, so within twice of each other
+    (triangle inequality) — a misrouted row or a missing permutation is O(1)."""
+    if backend == "megablocks":
+        pytest.importorskip("megablocks")
+    dev, cuda = torch.device(device), device == "cuda"
+    runs = []
+    for ep in (False, True):
+        block, x, cotangent = dispatch_problem(1, "spread", backend)
+        if cuda:
+            block, x, cotangent = block.float().to(dev), x.float().to(dev), cotangent.float().to(dev)
+        if not ep:
+            runs.append(_block_grads(block, x, cotangent, torch.bfloat16 if cuda else None))
+            continue
+        with _world_of_one(dev) as mesh:
+            block.shard_experts(mesh)
+            runs.append(_block_grads(block, x, cotangent, torch.bfloat16 if cuda else None))
+    for i, (got, ref) in enumerate(zip(runs[1], runs[0], strict=True)):
+        if cuda:
+            from moe.dispatch.precision import BF16_GRAD_BOUND, BF16_OUT_BOUND, relative_error
+
+            assert relative_error(got, ref) <= 2 * (BF16_GRAD_BOUND if i else BF16_OUT_BOUND), (i, relative_error(got, ref))
+        else:
+            torch.testing.assert_close(got, ref, rtol=0, atol=DISPATCH_RTOL * float(ref.abs().max()),
+                                       msg=lambda m, i=i: f"output/gradient {i}: {m}")
 
 
 def test_newton_schulz_once_per_matrix_on_its_owner(runs: dict[str, Path]) -> None:
