@@ -42,6 +42,8 @@ def run_sets(corpus: Path, cache: Path, arch: str, optim: str, world: int, **ext
     extra = {"train.batch_size": batch, "train.grad_accum": accum, **extra}
     if arch == "moebias":  # aux-loss-free balancing: the bias update reads the all-reduced counts
         extra = {"model.moe.balance": '"bias"', "model.moe.bias_rate": 0.05, **extra}
+    if arch != "dense":  # every MoE term under DP and EP: a shared expert (dense, outside the exchanges) and z-loss
+        extra = {"model.moe.shared_expert": "true", "model.moe.z_weight": 1e-3, **extra}
     return tiny_overrides(corpus, cache, moe=arch.startswith("moe"), **{
         "optim.name": f'"{optim}"', "train.max_steps": STEPS, "train.eval_every": STEPS,
         "train.eval_batches": 1, "train.ckpt_every": 100, "train.dtype": '"float64"', "train.device": '"cpu"',

@@ -25,6 +25,10 @@ Deliberate breaks, each tried once (on the world-2 / world-4 jobs), and what fai
   all-reduced over the data-parallel group at world 4: ``('train/loss', 2, 6.232754…, 6.233404…)``;
 - Newton–Schulz on each rank's rows instead of the owner's whole matrix: ``test_newton_schulz_once_per_matrix_on_its
   _owner`` (calls on (0, 7), (1, 7), … shards) and the FSDP MuonH runs, ``('train/loss', 2, 6.24097, 6.24119)``;
+- the shared expert's weights taken for expert weights (left out of DDP, reduced over the EP ranks' dp group of one):
+  ``('train/loss', 2, 6.2523896…, 6.2523988…)`` (every MoE run has a shared expert and a z-loss, ``harness.run_sets``);
+- at world size 1 in process (``test_dispatch_world_of_one_equals_no_ep``), the reverse permutation left out or the
+  received rows given to the local experts in reverse order: "output/gradient 0: … Mismatched elements: 80 / 80";
 - monitor statistics not reduced over ranks (rank 0's view logged): ``test_monitors_reduced_across_ranks``
   ``('monitor/attn_logit_max/layer_00', 2, 3.7903, 3.7886)``.
 """
