@@ -62,7 +62,7 @@ def _expert_parallel_jobs(corpus: Path, cache: Path, root: Path, dirs: dict[str,
         return run_sets(corpus, cache, arch, optim, 2, **{"train.expert_parallel": 2, **extra})
 
     jobs: list[Job] = [("dispatch", "dispatch-torch", ["torch"]), ("dispatch", "dispatch-loop", ["loop"]),
-                       ("owner", "owner", [])]
+                       ("owner", "owner", []), ("grad_norm", "grad-norm", [])]
     _train(jobs, dirs, root, "ep-ddp-muonh-moe", ep("moe", "muonh", **{"monitor.every": MONITOR_EVERY}))
     # Activation checkpointing recomputes each block's forward, all-to-alls included, in backward: same numbers.
     _train(jobs, dirs, root, "ep-fsdp-adamh-moe", ep("moe", "adamh", **{"train.parallel": '"fsdp"',
@@ -103,7 +103,8 @@ def runs4(runs: dict[str, Path], text_corpus: Path) -> dict[str, Path]:
                                                                   "train.expert_parallel": ep, **extra})
 
     dirs: dict[str, Path] = {"root": root}
-    jobs: list[Job] = [("aux", "aux", []), ("dispatch", "dispatch-torch", ["torch"]), ("owner", "owner", [])]
+    jobs: list[Job] = [("aux", "aux", []), ("dispatch", "dispatch-torch", ["torch"]), ("owner", "owner", []),
+                       ("grad_norm", "grad-norm", [])]
     _train(jobs, dirs, root, "w4-ddp-muonh-moe", sets("muonh", "ddp", 1))
     _train(jobs, dirs, root, "w4-ddp-ep2-muonh-moe", sets("muonh", "ddp", 2))
     _train(jobs, dirs, root, "w4-fsdp-ep2-muonh-moe", sets("muonh", "fsdp", 2, **{"monitor.every": MONITOR_EVERY}))

@@ -102,6 +102,26 @@ def dispatch_job(out: Path, name: str, rank: int, world: int, args: list[str]) -
                    out / f"{name}-{case}-rank{rank}.pt")
 
 
+def grad_norm_job(out: Path, name: str, rank: int, world: int, args: list[str]) -> None:
+    """The gradient norm and the non-finite check under EP: the dispatch block with its experts spread over all
+    ranks and every gradient 1 (whole norm √(number of elements), a closed form); then a NaN in the last rank's
+    experts only. Saves both norms as this rank computed them."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from hyperp.optim.sharded import local
+    from train.distributed import clip_grad_norm_
+
+    block, _, _ = dispatch_problem(world, "spread", "loop")
+    block.shard_experts(init_device_mesh("cpu", (world,)))
+    params = list(block.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)  # a DTensor of ones for a DTensor parameter
+    norm = clip_grad_norm_(params, 0.0)
+    if rank == world - 1:
+        local(block.experts.w_down.grad)[0, 0, 0] = float("nan")
+    torch.save({"norm": norm, "nan_norm": clip_grad_norm_(params, 0.0)}, out / f"{name}-rank{rank}.pt")
+
+
 # ------------------------------------------------------------------------------------------------ Newton–Schulz owners
 
 
@@ -137,4 +157,5 @@ def owner_job(out: Path, name: str, rank: int, world: int, args: list[str]) -> N
     torch.save({"calls": calls, "results": [results[i] for i in range(len(shards))]}, out / f"{name}-rank{rank}.pt")
 
 
-JOBS = {"aux": aux_job, "count": counting_job, "dispatch": dispatch_job, "owner": owner_job}
+JOBS = {"aux": aux_job, "count": counting_job, "dispatch": dispatch_job, "grad_norm": grad_norm_job,
+        "owner": owner_job}

@@ -2,7 +2,7 @@
 
 Runs (``conftest.py``): the world-2 spawn shared with ``test_distributed.py`` (EP 2 under DDP and FSDP, the loop
 backend, bias balancing with 4 micro-batches of 1 instead of 2 of 4, a run saved under EP 2 and resumed without
-EP and in one process, the dispatch and Newton–Schulz-owner checks) and, marked slow, one world-4 spawn (DP 4,
+EP and in one process, the dispatch, gradient-norm and Newton–Schulz-owner checks) and, marked slow, one world-4 spawn (DP 4,
 DP 2 × EP 2 under DDP and FSDP, EP 4, a run saved at EP 2 and resumed at EP 4). Every run is fp64 and compared with
 the single-process reference of the same global batch and micro-batch split, with the bounds derived in
 ``test_distributed.py``'s docstring: EP changes nothing but the order of reductions (the experts' weight gradients
@@ -29,6 +29,9 @@ Deliberate breaks, each tried once (on the world-2 / world-4 jobs), and what fai
   ``('train/loss', 2, 6.2523896…, 6.2523988…)`` (every MoE run has a shared expert and a z-loss, ``harness.run_sets``);
 - at world size 1 in process (``test_dispatch_world_of_one_equals_no_ep``), the reverse permutation left out or the
   received rows given to the local experts in reverse order: "output/gradient 0: … Mismatched elements: 80 / 80";
+- the gradient norm's DTensor sums of squares not all-reduced over the groups that shard them:
+  ``test_grad_norm_and_non_finite_check_are_global_under_ep`` "(0, 34.87…, 44.54…)" (rank 0 saw its shards only);
+  a NaN in one rank's experts dropped from the norm: "(0, 44.53…)" finite on rank 0;
 - monitor statistics not reduced over ranks (rank 0's view logged): ``test_monitors_reduced_across_ranks``
   ``('monitor/attn_logit_max/layer_00', 2, 3.7903, 3.7886)``.
 """
@@ -202,6 +205,20 @@ def test_dispatch_world_of_one_equals_no_ep(device: str, backend: str) -> None:
         else:
             torch.testing.assert_close(got, ref, rtol=0, atol=DISPATCH_RTOL * float(ref.abs().max()),
                                        msg=lambda m, i=i: f"output/gradient {i}: {m}")
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_grad_norm_and_non_finite_check_are_global_under_ep(request: pytest.FixtureRequest, world: int) -> None:
+    """Every rank gets the whole model's gradient norm (all gradients 1: √(number of elements) of the unsharded
+    block; fp64 sums of ≤ 300 ones are exact), and a NaN in one rank's experts makes every rank's norm — hence
+    every rank's non-finite check, which skips the step — non-finite."""
+    root = request.getfixturevalue("runs" if world == 2 else "runs4")["root"]
+    got = _load_ranks(root, "grad-norm", world)
+    block, _, _ = dispatch_problem(world, "spread", "loop")
+    expected = sum(p.numel() for p in block.parameters()) ** 0.5
+    for rank, g in enumerate(got):
+        assert abs(float(g["norm"]) - expected) <= 1e-14 * expected, (rank, float(g["norm"]), expected)
+        assert not torch.isfinite(g["nan_norm"]), (rank, float(g["nan_norm"]))
 
 
 def test_newton_schulz_once_per_matrix_on_its_owner(runs: dict[str, Path]) -> None:
