@@ -2,7 +2,8 @@
 workers per world size running all distributed jobs (``tests/distributed/harness.py``).
 
 World 2 (default suite): data parallelism (DDP, FSDP2) and expert parallelism (EP 2: DDP and FSDP, the loop backend,
-bias balancing with another accumulation split, a run saved under EP and resumed without it). World 4 (``slow``):
+bias balancing with another accumulation split, a run saved under EP and resumed without it, one saved without EP
+and resumed under it). World 4 (``slow``):
 DP 4, DP 2 × EP 2 (DDP and FSDP), EP 4, saved at EP 2 and resumed at EP 4.
 """
 
@@ -77,6 +78,10 @@ def _expert_parallel_jobs(corpus: Path, cache: Path, root: Path, dirs: dict[str,
     jobs.append(("copy", "copy-ep-split", [str(dirs["ep-split"]), str(dirs["ep-resume-noep"])]))
     jobs.append(("train", "ep-resume-noep", argv(run_sets(corpus, cache, "moe", "muonh", 2), dirs["ep-resume-noep"],
                                                  "--resume")))
+    # The other way: the FSDP run saved without EP (``split``, data-parallel jobs) resumed under EP 2.
+    dirs["ep-resume-from-fsdp"] = root / "ep-resume-from-fsdp"
+    jobs.append(("copy", "copy-split", [str(dirs["split"]), str(dirs["ep-resume-from-fsdp"])]))
+    jobs.append(("train", "ep-resume-from-fsdp", argv(ep("moe", "muonh"), dirs["ep-resume-from-fsdp"], "--resume")))
     return jobs
 
 

@@ -2,7 +2,7 @@
 
 Runs (``conftest.py``): the world-2 spawn shared with ``test_distributed.py`` (EP 2 under DDP and FSDP, the loop
 backend, bias balancing with 4 micro-batches of 1 instead of 2 of 4, a run saved under EP 2 and resumed without
-EP and in one process, the dispatch, gradient-norm and Newton–Schulz-owner checks) and, marked slow, one world-4 spawn (DP 4,
+EP and in one process, the FSDP run saved without EP resumed under EP 2, the dispatch, gradient-norm and Newton–Schulz-owner checks) and, marked slow, one world-4 spawn (DP 4,
 DP 2 × EP 2 under DDP and FSDP, EP 4, a run saved at EP 2 and resumed at EP 4). Every run is fp64 and compared with
 the single-process reference of the same global batch and micro-batch split, with the bounds derived in
 ``test_distributed.py``'s docstring: EP changes nothing but the order of reductions (the experts' weight gradients
@@ -54,7 +54,7 @@ from tests.runs import argv, series
 # (EP run, its one-process reference): optimizers, DDP/FSDP, dispatch backends, balance modes, accumulation splits.
 EP_RUNS = [("ep-ddp-muonh-moe", "ref-muonh-moe"), ("ep-fsdp-adamh-moe", "ref-adamh-moe"),
            ("ep-ddp-adamw-moe-loop", "ref-adamw-moe"), ("ep-ddp-muonh-moebias-accum", "ref-muonh-moebias"),
-           ("ep-resume-noep", "ref-muonh-moe")]
+           ("ep-resume-noep", "ref-muonh-moe"), ("ep-resume-from-fsdp", "ref-muonh-moe")]
 WORLD4_RUNS = [("w4-ddp-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep2-muonh-moe", "ref-muonh-moe"),
                ("w4-fsdp-ep2-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep4-adamh-moe", "ref-adamh-moe"),
                ("w4-split", "ref-adamw-moe")]
