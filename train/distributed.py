@@ -30,6 +30,7 @@ process group (NCCL on CUDA, gloo on CPU) and everything else reads the returned
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -119,6 +120,9 @@ def init(cfg: RunConfig) -> DistEnv:
     """
     launched = env_from_torchrun()
     if launched is None:
+        if cfg.train.expert_parallel > 1:  # like train.parallel, but silently keeping every expert would mislead
+            warnings.warn(f"train.expert_parallel={cfg.train.expert_parallel} ignored: expert parallelism needs "
+                          "torchrun; this single process keeps every expert", stacklevel=2)
         return DistEnv()
     rank, world, local_rank = launched
     global _OWN_GROUP

@@ -280,3 +280,15 @@ def test_expert_parallel_config_errors() -> None:
         load_config("configs/tiny-dense.toml", [*moe, "train.expert_parallel=0"])
     with pytest.raises(ConfigError, match=r"train.expert_parallel=4 must divide the number of processes \(6\)"):
         _expert_mesh(4, 6)
+
+
+def test_expert_parallel_outside_torchrun_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.config import load_config
+    from train.distributed import init
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = load_config("configs/tiny-dense.toml", ["model.moe.num_experts=4", "model.moe.top_k=2",
+                                                  "model.moe.expert_hidden=32", "train.expert_parallel=2"])
+    with pytest.warns(UserWarning, match=r"train.expert_parallel=2 ignored: expert parallelism needs torchrun"):
+        assert not init(cfg).active
