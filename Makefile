@@ -35,11 +35,13 @@ clean-venv:
 # GPU (README "GPU"). Here, with network: copy the MegaBlocks kit and prepare the token cache the GPU presets read into
 # the git-ignored .gpu/ and .gpu-data/ that travel with the working tree, then check the prepared GPU run on CPU.
 GPU_KIT ?= ../shared/gpu
+# SUITE=speedup: issue 17's optimizer comparison (its token cache, the 'large' corpus, goes to .gpu-large/).
+SUITE ?= checks
 gpu-prep: $(STAMP)
-	$(PY) benchmarks/gpu/orchestrate.py --prepare $(GPU_KIT) data
+	$(PY) benchmarks/gpu/orchestrate.py --suite $(SUITE) --prepare $(GPU_KIT) data
 
 gpu-check: $(STAMP)
-	GPU_PY=$(PY) bash benchmarks/gpu/run.sh --dry-run
+	GPU_PY=$(PY) bash benchmarks/gpu/run.sh --suite $(SUITE) --dry-run
 
 # On the GPU machine (no network; CUDA torch preinstalled, e.g. /opt/torch/.venv): build stanford-stk, grouped_gemm
 # and MegaBlocks offline from the kit in .gpu/ against that torch (never touching it), install this project around

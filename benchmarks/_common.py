@@ -74,16 +74,14 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
-# Datasheet dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name; first match wins.
-BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12))
-
-
 def datasheet_bf16_peak(device: torch.device | str = "cuda") -> float | None:
-    """The device's datasheet dense bf16 FLOP/s, or None when the name is not in BF16_PEAKS (or not a GPU)."""
+    """The device's datasheet dense bf16 FLOP/s (the one table: ``train.mfu.DATASHEET_PEAKS``), or None when the
+    name is not in it (or the device is not a GPU)."""
+    from train.mfu import datasheet_peak
+
     if torch.device(device).type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAKS if key in name), None)
+    return datasheet_peak(torch.cuda.get_device_name(device))
 
 
 def profile_table(fn: Callable[[], object], device: torch.device | str = "cuda", rows: int = 15) -> str:

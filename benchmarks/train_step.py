@@ -8,7 +8,8 @@ round-robin with a fixed fp32 matmul (the machine's *achievable* peak, measured 
 ``every = 0`` trainer gives tokens/s and MFU; the others give the monitoring overhead (measured, and predicted as
 cost/N from the cost of one monitor step — less noisy than a difference of two means).
 
-Model FLOPs per token = 6·N + 12·L·n_heads·head_dim·seq_len (PaLM appendix B): N = active parameters per token
+Model FLOPs per token (``train.mfu.flops_per_token``, as the step log's ``train/mfu``) = 6·N +
+12·L·n_heads·head_dim·seq_len (PaLM appendix B): N = active parameters per token
 excluding the input embedding (a lookup), i.e. attention + top-k experts (+ shared) + router + norms + LM head;
 the attention term counts the full (not causal-halved) score and value matmuls, forward + backward.
 Writes ``benchmarks/results/train_step.md`` (``train_step_quick.md`` with ``--quick``).
@@ -29,21 +30,12 @@ from _common import RESULTS, ROOT, command, loadavg, machine, profile_table, tab
 
 import monitor_overhead  # the monitors engineer's benchmark: make_trainer / timed_step / EVERY are reused
 from models.qwen3 import count_parameters
+from train.mfu import flops_per_token
 from train.config import dump_toml, load_config
 
 QUICK_SETS = ["model.hidden=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1",
               "model.head_dim=16", "model.mlp_hidden=64", "model.max_seq_len=32", "data.seq_len=32",
               "train.batch_size=2"]
-
-
-def model_flops_per_token(cfg, model) -> float:
-    m = cfg.model
-    counts = count_parameters(model)
-    n = counts["active"] - model.embed.weight.numel()
-    if m.tie_embeddings:  # the tied head still multiplies: count it once as a matrix
-        n += model.embed.weight.numel()
-    attention = 12 * m.n_layers * m.n_heads * m.resolved_head_dim * cfg.data.seq_len
-    return 6 * n + attention
 
 
 def matmul_peak(n: int, device: torch.device, dtype: torch.dtype) -> tuple[callable, float]:
@@ -90,7 +82,7 @@ def bench_preset(preset: str, overrides: list[str], steps: int, warmup: int, pea
         peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         profile = profile_table(lambda: monitor_overhead.timed_step(t0), device) if profile_steps else None
         cfg = t0.cfg
-        flops_token = model_flops_per_token(cfg, t0.model)
+        flops_token = flops_per_token(t0.model, cfg.data.seq_len)
         counts = count_parameters(t0.model)
         tokens = t0.tokens_per_step
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -7,7 +7,7 @@ Per preset, and per ``moe.backend`` of ``--backends`` for MoE presets, the first
 that fits the GPU is used: on ``torch.OutOfMemoryError`` the trainer is freed and the next size tried (every
 attempt is recorded). One step = ``train.grad_accum=1`` at that micro-batch, monitors off, timed as in
 ``benchmarks/train_step.py`` (interleaved with a bf16 8192² matmul, the achievable peak under the same conditions).
-Model FLOPs/token = 6·N_active + attention (``train_step.model_flops_per_token``: top-k experts only, no input
+Model FLOPs/token = 6·N_active + attention (``train.mfu.flops_per_token``: top-k experts only, no input
 embedding). MFU is reported against the device's datasheet dense bf16 peak (``--peak`` overrides) and the matmul.
 Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights, gradients, optimizer state,
 activations; +256 MiB for the matmul's operands). ``--profile`` adds a torch.profiler table of one step per row.

@@ -47,10 +47,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def uses_bf16(cfg: RunConfig, device: torch.device) -> bool:
     """bf16 autocast on CUDA (``dtype = "auto"`` or ``"bfloat16"``); fp32 elsewhere or when asked."""
-    use_bf16 = cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
+    return cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and device.type == "cuda")
+
+
+def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if not uses_bf16(cfg, device):
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -92,6 +92,12 @@ class DistEnv:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` as rank 0 has it, on every rank (in place); itself in one process."""
+        if self.active:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``tensor`` reduced (``"sum"`` or ``"max"``) over all ranks, in place; itself in one process."""
         if self.active:

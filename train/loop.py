@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from train import distributed
-from train.build import Components
+from train.build import Components, uses_bf16
 from train.checkpoint import Checkpointer, RNGState
 from train.config import RunConfig
 from train.metrics import MetricsLogger
+from train.mfu import MFU
 from train.schedule import schedule_factor, set_lr
 
 _METRIC_NAMES = {"ce": "train/loss", "total": "train/total_loss", "aux": "moe/aux_loss", "z": "moe/z_loss"}
@@ -87,6 +88,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_reason: str | None = None
         self.logger = MetricsLogger.for_run(cfg, self.run_dir, self.dist)
+        self.mfu = MFU(self.model, cfg.data.seq_len, self.device, uses_bf16(cfg, self.device), self.dist.world_size)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
                   "callbacks": _CallbackStates(callbacks), "rng": RNGState()}
         self.checkpointer = Checkpointer(self.run_dir, states, cfg.to_dict(), cfg.train.keep_checkpoints, self.dist,
@@ -192,6 +194,7 @@ class Trainer:
                 metrics = self.train_step()
                 step = self.state.step
                 metrics["train/tokens_per_s"] = self.tokens_per_step / (time.perf_counter() - started)
+                metrics.update(self.mfu.metrics(metrics["train/tokens_per_s"]))  # active FLOPs (train.mfu)
                 if step % t.eval_every == 0 or step == t.max_steps:
                     val = self.evaluate()
                     self.logger.log_eval(step, val)

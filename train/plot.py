@@ -1,8 +1,8 @@
 """``python -m train.plot RUN_DIR [RUN_DIR ...] [--metrics GLOB ...] [--out DIR]``: monitor plots comparing runs.
 
 Reads each run's ``metrics.jsonl`` and writes one PNG per indicator family (loss, Z-values, RMS, outliers, expert
-load, optimizer health), a layer × expert heatmap of the last expert-load window, and ``summary.md`` with the
-maximum of each indicator per run (SPEC §5: under HyperP these should stay bounded as training goes on).
+load, router, throughput and MFU, optimizer health), a layer × expert heatmap of the last expert-load window, and
+``summary.md`` with the maximum of each indicator per run (SPEC §5: under HyperP these should stay bounded as training goes on).
 Per-layer metrics (``.../layer_XX``) share a panel: one line per layer, dark → light with depth; runs differ by
 line style (or colour, when a panel has one line per run).
 """
@@ -32,6 +32,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "rms": ("monitor/rms/*",),
     "outliers": ("monitor/outlier_frac/*", "monitor/max_over_rms/*", "monitor/kurtosis/*", "monitor/outlier_pct/*"),
     "expert_load": ("monitor/expert_load/*",),
+    "router": ("monitor/router/*",),
+    "throughput": ("train/tokens_per_s", "train/mfu"),
     "optimizer": ("train/grad_norm", "monitor/grad_norm/*", "monitor/weight_norm/*", "monitor/update_ratio/*",
                   "monitor/sphere_norm_drift"),
 }

@@ -5,7 +5,9 @@ values), e.g. ``--grid optim.name=muonh,adamw --zip model.moe.gate=sqrt,softmax`
 product of the axes, each point as its own ``python -m train`` process in ``OUT/<point>/`` (so a crash or kill of one
 run never costs another), sequentially on a CPU, or one run per GPU when several are visible (``--jobs``).
 
-Resumable: a point whose ``result.json`` exists is skipped; a point with checkpoints but no result is resumed.
+Resumable: a point whose ``result.json`` exists is skipped; a point with checkpoints but no result is resumed. A
+point whose run stopped on ``train.max_nonfinite`` non-finite steps in a row has diverged: that is its result
+(``diverged = 1``, final val loss NaN), recorded like a finished run rather than retried.
 After every point, ``OUT/results.csv`` and ``OUT/results.md`` are rewritten from the recorded runs: final val loss,
 expert balance (MaxVio, max/mean, CV, dead experts, averaged over the last quarter of the run), the maxima of the
 monitors and the median tokens/s.
@@ -134,8 +136,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
     row: dict[str, float] = {"steps": float(steps[-1]["step"]) if steps else 0.0,
                              "final_val_loss": float(val[-1]) if val else math.nan,
                              "final_train_loss": float(steps[-1]["train/loss"]) if steps else math.nan}
-    tps = [r["train/tokens_per_s"] for r in steps if "train/tokens_per_s" in r]
-    row["tokens_per_s"] = statistics.median(tps) if tps else math.nan
+    for key in ("tokens_per_s", "mfu"):
+        values = [r[f"train/{key}"] for r in steps if f"train/{key}" in r]
+        row[key] = statistics.median(values) if values else math.nan
     tail = steps[len(steps) * 3 // 4:]
     for key in BALANCE_KEYS:
         vals = [r[key] for r in tail if key in r]
@@ -185,22 +188,38 @@ def _cell(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- running
 
 
+def diverged(records: list[dict[str, Any]], max_nonfinite: int) -> bool:
+    """The run stopped because its last ``max_nonfinite`` steps were all non-finite (``nonfinite_skip`` events)."""
+    skips = [r for r in records if r.get("event") == "nonfinite_skip"]
+    return bool(skips) and skips[-1].get("nonfinite_streak", 0) >= max_nonfinite
+
+
 def run_point(config: str, point: Point, out: Path, extra: Sequence[str], env: dict[str, str]) -> int:
-    """Train one point as a subprocess (resuming a killed one); write ``result.json`` only on success."""
+    """Train one point as a subprocess (resuming a killed one); write ``result.json`` when it finished or diverged
+    (then return 0: a diverged run is a result of the sweep, e.g. the high end of an lr grid)."""
+    from train.__main__ import EXIT_STOPPED
     from train.checkpoint import list_checkpoints, write_atomic
+    from train.config import load_config
 
     run_dir = out / point.name
+    sets = [*extra, *point.set_args(), f"name={json.dumps(point.name)}"]
     argv = [sys.executable, "-m", "train", "--config", config, "--out", str(run_dir)]
-    for s in [*extra, *point.set_args(), f"name={json.dumps(point.name)}"]:
+    for s in sets:
         argv += ["--set", s]
     if list_checkpoints(run_dir):
         argv.append("--resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "stdout.log", "a") as log:
         code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code == 0:
-        write_atomic(run_dir / RESULT_FILE, json.dumps(summarize(read_metrics(run_dir)), indent=1).encode())
-    return code
+    records = read_metrics(run_dir)
+    if code == EXIT_STOPPED and diverged(records, load_config(config, sets).train.max_nonfinite):
+        row = {**summarize(records), "final_val_loss": math.nan, "diverged": 1.0}
+    elif code == 0:
+        row = {**summarize(records), "diverged": 0.0}
+    else:
+        return code
+    write_atomic(run_dir / RESULT_FILE, json.dumps(row, indent=1).encode())
+    return 0
 
 
 def _job_envs(jobs: int) -> list[dict[str, str]]:

@@ -38,6 +38,15 @@ def derive_run(cfg: RunConfig, world_size: int = 1) -> Derived:
     return derive(base_scale(cfg, world_size), run_scale(cfg, world_size), cfg.optim.lr, cfg.optim.adam_lr)
 
 
+def pin_base(cfg: RunConfig) -> list[str]:
+    """``--set`` overrides that make ``cfg``'s own scale the ``[hyperp]`` base: a config changed from it (wider,
+    deeper, longer) then trains with the HyperP factor relative to it — how the transfer and coordinate checks
+    give each scale its lr."""
+    s = run_scale(cfg)
+    return [f"hyperp.base_width={s.width}", f"hyperp.base_depth={s.depth}", f"hyperp.base_tokens={s.tokens!r}",
+            f"hyperp.base_batch_tokens={s.batch_tokens!r}"]
+
+
 _COLUMNS = ("depth", "width", "tokens", "lr", "transfer_factor", "depth_factor", "tokens_factor", "batch_factor",
             "residual_multiplier")
 

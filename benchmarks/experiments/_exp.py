@@ -121,3 +121,15 @@ def tokens_to_reach(curve: list[tuple[float, float]], target: float) -> float:
     if curve and curve[-1][1] <= target:
         return curve[-1][0]
     return math.nan
+
+
+def token_speedup(base: list[tuple[float, float]], ours: list[tuple[float, float]]) -> float:
+    """How many times fewer tokens ``ours`` needs than ``base`` to reach the same val loss (curves [(tokens, loss)]).
+
+    Where ours reaches base's final loss: base's budget / ours' tokens to get there (> 1 means ours is better).
+    Where it does not: base's tokens to reach ours' final loss / ours' budget (< 1). nan if neither reaches the
+    other's final loss (a curve that never gets below its own start)."""
+    t = tokens_to_reach(ours, base[-1][1])
+    if math.isfinite(t) and t > 0:
+        return base[-1][0] / t
+    return tokens_to_reach(base, ours[-1][1]) / ours[-1][0]

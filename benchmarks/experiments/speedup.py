@@ -34,9 +34,7 @@ reach our final loss) ÷ (budget), i.e. < 1.
 
 from __future__ import annotations
 
-import math
-
-from _exp import RESULTS, fmt, load_sweep, machine, plt, sweep_time, tokens_to_reach
+from _exp import RESULTS, fmt, load_sweep, machine, plt, sweep_time, token_speedup
 
 TOKENS_PER_STEP = 16 * 64
 
@@ -73,13 +71,7 @@ def curve(run):
 
 
 def speedup(base, ours) -> float:
-    target = base["final_val"]
-    budget = curve(base)[-1][0]
-    t = tokens_to_reach(curve(ours), target)
-    if math.isfinite(t):
-        return budget / t
-    t_base = tokens_to_reach(curve(base), ours["final_val"])
-    return t_base / curve(ours)[-1][0]
+    return token_speedup(curve(base), curve(ours))
 
 
 def label(r) -> str:

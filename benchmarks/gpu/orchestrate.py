@@ -44,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT, DATA = ".gpu", ".gpu-data"  # git-ignored folders the device tool must carry (its `carry` argument)
+SPEEDUP_DATA = ".gpu-large"  # the speedup suite's token cache (the 'large' corpus at bpe-16k, ~40 MB)
 KIT_FILES = ("build_megablocks_gpu.sh", "megablocks-0.10.0.tar.gz", "grouped_gemm-0.3.0.tar.gz",
              "stanford_stk-0.7.1-py3-none-any.whl", "cu13-blas-sparse-solver-headers.tgz")
 SEND_LIMIT = 64 * 2**20  # what the device tool sends per run: working tree + carried paths
@@ -103,6 +104,27 @@ def stage_list(kit: str = KIT, data: str = DATA) -> tuple[Stage, ...]:
               "expert-parallel dispatch code path (world size 1, NCCL) vs no EP, MoE layer fwd+bwd", needs_build=True,
               module="ep_dispatch_gpu"),
     )
+
+
+def speedup_stages(kit: str = KIT, data: str = SPEEDUP_DATA) -> tuple[Stage, ...]:
+    """Issue 17: the three arms at equal tokens, the report, then the lr check of arm (a) if time is left."""
+    del kit  # dense runs: no MegaBlocks build
+
+    def arm(name: str, budget: int) -> Stage:
+        return Stage(name, budget, _bench(name, "benchmarks/gpu/gpu_speedup.py", "arm", name, "--data", data,
+                                          "--run-dir", "{stage_dir}"), f"speedup arm {name}", module="gpu_speedup")
+
+    def report(name: str) -> Stage:
+        return Stage(name, 40, _bench(name, "benchmarks/gpu/gpu_speedup.py", "report", "--runs", "{work}"),
+                     "val-loss curves, token-equivalent speedups, monitor maxima", module="gpu_speedup")
+
+    return (arm("muonh", 140), arm("muon", 140), arm("adamw", 140), report("report"),
+            arm("muonh_x0.5", 140), arm("muonh_x2", 140), report("report_lr"))
+
+
+# suite -> (its stages, the preset whose token cache it carries, the carried cache folder)
+SUITES = {"checks": (stage_list, "configs/d12.toml", DATA),
+          "speedup": (speedup_stages, "configs/experiments/gpu/d6.toml", SPEEDUP_DATA)}
 
 
 @dataclass
@@ -299,17 +321,18 @@ def sent_bytes(carry: tuple[str, ...]) -> tuple[int, dict[str, int]]:
     return sum(parts.values()), parts
 
 
-def check_carry(kit: str, data: str) -> list[str]:
-    """The carried folders exist, the kit is complete and its script parses, and everything sent fits."""
+def check_carry(kit: str | None, data: str) -> list[str]:
+    """The carried folders exist, the kit (when the suite builds) is complete and its script parses, and everything
+    sent fits."""
     problems = []
-    missing = [f for f in KIT_FILES if not (ROOT / kit / f).is_file()]
+    missing = [f for f in KIT_FILES if not (ROOT / kit / f).is_file()] if kit else []
     if missing:
         problems.append(f"{kit}/ lacks {', '.join(missing)} (make gpu-prep copies the kit)")
-    elif subprocess.run(["bash", "-n", str(ROOT / kit / KIT_FILES[0])], capture_output=True).returncode != 0:
+    elif kit and subprocess.run(["bash", "-n", str(ROOT / kit / KIT_FILES[0])], capture_output=True).returncode != 0:
         problems.append(f"{kit}/{KIT_FILES[0]} does not parse (bash -n)")
     if not (ROOT / data).is_dir():
         problems.append(f"{data}/ is missing (make gpu-prep prepares it)")
-    total, parts = sent_bytes((kit, data))
+    total, parts = sent_bytes(carried(kit, data))
     print("sent to the GPU machine: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in parts.items())
           + f"; total {total / 2**20:.1f} MiB of {SEND_LIMIT / 2**20:.0f}")
     if total > SEND_LIMIT:
@@ -364,8 +387,13 @@ def as_on_the_gpu_machine() -> Iterator[None]:
             os.environ[OFFLINE_ENV] = old_env
 
 
+def carried(kit: str | None, data: str) -> tuple[str, ...]:
+    return (kit, data) if kit else (data,)
+
+
 def dry_run(stages: list[Stage], args: argparse.Namespace) -> int:
-    problems = check_carry(args.kit, args.data)
+    kit = args.kit if any(s.background for s in stages) else None
+    problems = check_carry(kit, args.data)
     with as_on_the_gpu_machine():
         for stage in stages:
             problem = check_stage(stage)
@@ -373,7 +401,8 @@ def dry_run(stages: list[Stage], args: argparse.Namespace) -> int:
                   f"{shlex.join(command_of(stage, 'PY', Path('WORK')))}")
             if problem is not None:
                 problems.append(f"{stage.name}: {problem}")
-    print("device tool call: " + json.dumps({"command": DEVICE_COMMAND, "carry": [args.kit, args.data],
+    command = DEVICE_COMMAND + ("" if args.suite == "checks" else f" --suite {args.suite}")
+    print("device tool call: " + json.dumps({"command": command, "carry": list(carried(kit, args.data)),
                                              "timeout_s": DEVICE_TIMEOUT}))
     for p in problems:
         print(f"PROBLEM: {p}")
@@ -384,27 +413,34 @@ def dry_run(stages: list[Stage], args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ preparation
 
 
-def prepare_carry(kit_from: Path, cache: Path, kit: str = KIT, data: str = DATA) -> None:
-    """Here, with network: the kit copied to .gpu/, and the token cache the GPU presets read (plus the tokenizer
-    archive it needs) prepared in ``cache`` and copied to .gpu-data/ in the same layout."""
+def prepare_carry(kit_from: Path, cache: Path, suite: str, kit: str = KIT, data: str | None = None) -> None:
+    """Here, with network: the kit copied to .gpu/, and the token cache the suite's preset reads prepared in ``cache``
+    and copied to its carried folder in the same layout, with what reading it offline needs (the corpus-trained BPE,
+    or the qwen tokenizer archive)."""
     from train.config import load_config
     from train.data import prepare
     from train.downloads import ARCHIVES
+    from train.data.prepare import _cache_layout
+    from train.tokenizer import bpe_path, bpe_vocab_size
 
+    _, preset, default_data = SUITES[suite]
+    dest = ROOT / (data or default_data)
     shutil.rmtree(ROOT / kit, ignore_errors=True)
     shutil.copytree(kit_from, ROOT / kit)
     for path in (ROOT / kit).rglob("*"):
         path.chmod(path.stat().st_mode | 0o200)  # the shared kit is read-only; the copy must be replaceable
-    cfg = load_config(ROOT / "configs/d12.toml", [f'data.cache_dir="{cache}"']).data
+    cfg = load_config(ROOT / preset, [f'data.cache_dir="{cache}"']).data
     prepared = prepare(cfg)
-    dest = ROOT / data
     shutil.rmtree(dest, ignore_errors=True)
     (source,) = prepared.sources
     shutil.copytree(source.directory, dest / source.directory.relative_to(cache))
-    if cfg.tokenizer == "qwen":
+    if bpe_vocab_size(cfg.tokenizer) is not None:  # the BPE trained on this corpus, under the corpus's key
+        tokenizer = bpe_path(cfg.tokenizer, cache, _cache_layout(cfg, cfg.source_list(), cache)[0]).parent
+        shutil.copytree(tokenizer, dest / tokenizer.relative_to(cache))
+    elif cfg.tokenizer == "qwen":
         (dest / "raw").mkdir()
         shutil.copy2(cache / "raw" / ARCHIVES["qwen"].filename, dest / "raw")  # already there: prepare fetched it
-    print(f"{kit}/ from {kit_from}; {data}/ from {source.directory}")
+    print(f"{kit}/ from {kit_from}; {dest.name}/ from {source.directory}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -421,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an extra stage; {py} {work} {stage_dir} are substituted")
     parser.add_argument("--out-dir", default=os.environ.get("OUT") or "gpu-out", help="default $OUT, else gpu-out")
     parser.add_argument("--kit", default=KIT, help="the carried kit folder, relative to the repository root")
-    parser.add_argument("--data", default=DATA, help="the carried token-cache folder, relative to the repository root")
+    parser.add_argument("--suite", choices=list(SUITES), default="checks",
+                        help="checks: issues 15/16 (default); speedup: issue 17's optimizer comparison")
+    parser.add_argument("--data", default=None,
+                        help=f"the carried token-cache folder, relative to the repository root (default {DATA}, "
+                             f"{SPEEDUP_DATA} for --suite speedup)")
     parser.add_argument("--prepare", nargs=2, metavar=("KIT_FROM", "CACHE"),
                         help="here, with network: copy the kit into .gpu/ and the GPU presets' token cache (prepared "
                              "in CACHE, e.g. data) into .gpu-data/ (make gpu-prep)")
@@ -430,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def selected(args: argparse.Namespace) -> list[Stage]:
     extras = [Stage(name, int(seconds), tuple(shlex.split(cmd)), f"extra: {cmd}") for name, seconds, cmd in args.extra]
-    stages = [*stage_list(args.kit, args.data), *extras]
+    stages = [*SUITES[args.suite][0](args.kit, args.data), *extras]
     if args.only is None:
         return stages
     unknown = set(args.only) - {s.name for s in stages}
@@ -443,8 +483,9 @@ def selected(args: argparse.Namespace) -> list[Stage]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.data = args.data or SUITES[args.suite][2]
     if args.prepare:
-        prepare_carry(Path(args.prepare[0]), Path(args.prepare[1]), args.kit, args.data)
+        prepare_carry(Path(args.prepare[0]), Path(args.prepare[1]), args.suite, args.kit, args.data)
         return 0
     stages = selected(args)
     if args.list:

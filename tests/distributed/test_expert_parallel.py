@@ -59,7 +59,8 @@ WORLD4_RUNS = [("w4-ddp-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep2-muonh-moe", "
                ("w4-fsdp-ep2-muonh-moe", "ref-muonh-moe"), ("w4-ddp-ep4-adamh-moe", "ref-adamh-moe"),
                ("w4-split", "ref-adamw-moe")]
 # Monitor families that are per-rank statistics combined, not the pooled sample's (train/monitors/stats.py).
-PER_RANK = ("outlier_frac", "max_over_rms", "kurtosis")
+# (router/churn: rank 0's probe, not the one-process run's first validation sequences.)
+PER_RANK = ("outlier_frac", "max_over_rms", "kurtosis", "router/aux_over_min", "router/churn")
 DISPATCH_RTOL = 1e-12  # × max|reference| (module docstring)
 GPU = (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 
@@ -88,7 +89,7 @@ def test_world4_equals_one_process(runs: dict[str, Path], runs4: dict[str, Path]
 
 def _monitors(run: Path) -> dict[str, dict[int, float]]:
     names = {k for line in (run / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)
-             if k.startswith("monitor/") and k.split("/")[1] not in PER_RANK}
+             if k.startswith("monitor/") and not {k.split("/")[1], "/".join(k.split("/")[1:3])} & set(PER_RANK)}
     return {k: series(run, k) for k in sorted(names)}
 
 

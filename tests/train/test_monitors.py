@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -74,6 +75,19 @@ def _outlier_pct_reference(x: np.ndarray) -> float:
     return float((np.abs(x - mu) > 5 * sd).mean() * 100)
 
 
+def _router_reference(z: np.ndarray, k: int) -> dict[str, float]:
+    """Router diagnostics from (N, E) logits by their definitions: entropy / ln E, k-th − (k+1)-th logit, near ties
+    (gap ≤ 2⁻⁷·|larger|), and E·Σ f·P with f the top-k slot shares and P the mean softmax."""
+    n, e = z.shape
+    p = np.exp(z - _lse(z)[:, None])
+    desc = -np.sort(-z, axis=1)
+    gap = desc[:, k - 1] - desc[:, k]
+    f = np.bincount(np.argsort(-z, axis=1, kind="stable")[:, :k].ravel(), minlength=e) / (n * k)
+    return {"entropy": float(-(p * np.log(p)).sum(1).mean() / np.log(e)), "margin": float(gap.mean()),
+            "near_tie": float((gap <= 2**-7 * np.maximum(abs(desc[:, k - 1]), abs(desc[:, k]))).mean()),
+            "aux_over_min": float(e * (f * p.mean(0)).sum())}
+
+
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt((x**2).mean()))
 
@@ -110,6 +124,8 @@ def test_activation_metrics_equal_independent_recomputation() -> None:
                 router_lse = _lse(_np(routing.logits))
                 want[f"monitor/z_router/{tag}"] = float((router_lse**2).mean())
                 want[f"monitor/z_router_max/{tag}"] = float(router_lse.max())
+                want.update({f"monitor/router/{k}/{tag}": v for k, v in _router_reference(
+                    _np(xm.reshape(-1, xm.shape[-1]) @ block.mlp.router.weight.T), block.mlp.router.top_k).items()})
             else:
                 y = block.mlp(xm)
             y = y * m
@@ -186,6 +202,78 @@ def test_expert_load_window_resumes_on_rank0_only() -> None:
         load.load_state_dict(state, torch.device("cpu"))
         assert load.state_dict() == {1: expected}
         load.close()
+
+
+# ---------------------------------------------------------------------------------------------- router diagnostics
+
+
+def test_router_entropy_and_margin_closed_forms() -> None:
+    flat = {k: float(v) for k, v in S.router_stats(torch.zeros(3, 4), top_k=2).items()}
+    assert flat == {"entropy": pytest.approx(1.0), "margin": 0.0, "near_tie": 1.0}  # uniform: all tied
+    peaked = float(S.router_stats(torch.tensor([[10.0, 0.0, 0.0, 0.0]]), top_k=1)["entropy"])
+    p = math.exp(10) / (math.exp(10) + 3)
+    q = 1 / (math.exp(10) + 3)
+    # fp32: log p of the top expert is 10 − logsumexp(z), each rounded at u·10 ≈ 6e-7 nats (÷ ln 4 normalised)
+    assert peaked == pytest.approx(-(p * math.log(p) + 3 * q * math.log(q)) / math.log(4), abs=2 * 2**-24 * 10)
+    z = torch.tensor([[3.0, 1.0, 0.5, -1.0], [2.0, 1.999, 0.0, -1.0]])
+    got = S.router_stats(z, top_k=1)  # gaps 2.0 and 0.001; 0.001 < 2⁻⁷·2 is a near tie, 2.0 is not
+    assert float(got["margin"]) == pytest.approx((2.0 + 0.001) / 2) and float(got["near_tie"]) == 0.5
+    # the margin is between selection scores: logits + bias ([3, 1, 1.1, -1] → k=2 gap 1.1 − 1 = 0.1)
+    biased = S.router_stats(z[:1], top_k=2, selection_bias=torch.tensor([0.0, 0.0, 0.6, 0.0]))
+    assert float(biased["margin"]) == pytest.approx(0.1, abs=1e-6)
+    assert set(S.router_stats(z, top_k=4)) == {"entropy"}  # k = E: no (k+1)-th expert, no margin
+
+
+def test_aux_over_min_closed_forms() -> None:
+    quarter = torch.full((4,), 0.25)
+    assert float(S.aux_over_min(torch.tensor([4.0, 0, 0, 0]), quarter)) == pytest.approx(1.0)  # uniform P: 1
+    probs = torch.tensor([0.1, 0.1, 0.4, 0.4])
+    assert float(S.aux_over_min(torch.tensor([1.0, 1, 1, 1]), probs)) == pytest.approx(1.0)  # balanced load: 1
+    # load on the experts with little probability: 4·(½·0.1 + ½·0.1) = 0.4 — the gamed case
+    assert float(S.aux_over_min(torch.tensor([2.0, 2, 0, 0]), probs)) == pytest.approx(0.4)
+    assert float(S.aux_over_min(torch.tensor([0.0, 0, 2, 2]), probs)) == pytest.approx(1.6)
+
+
+def test_load_percentiles_and_topk_changes() -> None:
+    counts = torch.tensor([0.0, 2.0, 4.0, 6.0, 8.0])  # shares of the mean 0, .5, 1, 1.5, 2
+    got = S.expert_load(counts)
+    want = np.percentile([0, 0.5, 1, 1.5, 2], [10, 50, 90])  # numpy's linear interpolation, as torch.quantile
+    assert [float(got[f"p{p}"]) for p in (10, 50, 90)] == pytest.approx(want.tolist())
+    before = torch.tensor([[0, 1], [2, 3], [1, 0]])
+    after = torch.tensor([[1, 0], [2, 1], [1, 0]])  # token 0: same set reordered; token 1: changed
+    assert float(S.topk_changed(before, after)) == pytest.approx(1 / 3)
+
+
+def test_routing_churn_sees_swapped_experts_and_resumes() -> None:
+    from train.monitors.collectors import RoutingChurn
+
+    model = _tiny_model()
+    probe = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(7))
+    churn = RoutingChurn(model, probe)
+    assert churn.measure(contextlib.nullcontext) == {}  # the first monitor step only records
+    with torch.no_grad():
+        sets = model(probe).routing[0].indices
+        w = model.layers[1].mlp.router.weight
+        w[[0, 1]] = w[[1, 0]].clone()  # experts 0 and 1 trade routers: a token changes iff it chose exactly one
+    expected = ((sets == 0).any(-1) ^ (sets == 1).any(-1)).float().mean()
+    resumed = RoutingChurn(model, probe)
+    resumed.load_state_dict(churn.state_dict())
+    got = churn.measure(contextlib.nullcontext)
+    assert float(got["monitor/router/churn/layer_01"]) == pytest.approx(float(expected)) and float(expected) > 0
+    assert resumed.measure(contextlib.nullcontext) == got
+    assert model.training  # the probe ran in eval mode and restored the mode
+
+
+def test_aux_below_min_alarm() -> None:
+    alarms = Alarms(MonitorConfig(alarm_start=10))
+    name = "monitor/router/aux_over_min/layer_01"
+    assert alarms.check(5, {name: 0.5}) == []  # before alarm_start
+    assert alarms.check(10, {name: 0.97}) == []
+    (fired,) = alarms.check(20, {name: 0.9})
+    assert (fired.alarm, fired.threshold, fired.below) == ("aux_below_min", 0.95, True)
+    assert "0.9 < 0.95" in fired.message()
+    assert alarms.check(30, {name: 1.2}) == [] and len(alarms.check(40, {name: 0.8})) == 1  # cleared, fires again
+    assert Alarms(MonitorConfig(alarm_start=0, aux_below_min=0)).check(1, {name: 0.1}) == []  # 0 disables
 
 
 # ---------------------------------------------------------------------------------------------------- alarms
@@ -320,6 +408,10 @@ def test_monitoring_does_not_change_training_and_optimizer_health_is_exact(text_
             assert metrics[name] == pytest.approx(value, rel=1e-4), name
         assert metrics["monitor/sphere_norm_drift"] < 1e-5
         assert metrics["monitor/update_ratio/sphere"] > 0
+        assert 0 < metrics["train/mfu"] < float("inf")  # MoE-aware MFU in every step's log (train.mfu)
+    # the churn probe is routed from the first monitor step on; its change is reported from the second
+    assert "monitor/router/churn/layer_00" not in watched.metrics[0]
+    assert all(0 <= m["monitor/router/churn/layer_01"] <= 1 for m in watched.metrics[1:])
     # tokens per expert over a one-step window = that step's token slots: batch·seq_len·top_k per MoE layer
     m = watched.metrics[0]
     assert sum(v for k, v in m.items() if k.startswith("monitor/expert_tokens/layer_00/")) == 4 * 32 * 2

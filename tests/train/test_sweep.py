@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,27 @@ def test_cli_rejects_bad_points_before_running(tmp_path: Path, capsys: pytest.Ca
     assert code == 2
     assert "model.moe.top_k" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("streak, recorded", [(5, True), (2, False)])
+def test_a_diverged_point_is_a_result_not_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streak: int,
+                                                  recorded: bool) -> None:
+    """Exit 3 after train.max_nonfinite (5) non-finite steps in a row: recorded as diverged (NaN loss). Exit 3 for
+    another reason (an alarm, SIGTERM): not a result, the point is rerun next time."""
+    from train.__main__ import EXIT_STOPPED
+
+    def fake_train(argv, stdout, stderr, env) -> int:
+        run_dir = Path(argv[argv.index("--out") + 1])
+        lines = [{"step": 10, "val/loss": 4.2}, {"step": 11, "train/loss": 4.1},
+                 {"step": 12, "event": "nonfinite_skip", "nonfinite_streak": streak}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return EXIT_STOPPED
+
+    monkeypatch.setattr(sweep.subprocess, "call", fake_train)
+    point = Point((("optim.lr", 9.0),))
+    code = sweep.run_point("configs/tiny-dense.toml", point, tmp_path, [], {})
+    result = tmp_path / point.name / sweep.RESULT_FILE
+    assert (code == 0) == recorded and result.exists() == recorded
+    if recorded:
+        row = json.loads(result.read_text())
+        assert row["diverged"] == 1.0 and math.isnan(row["final_val_loss"])  # not the last good evaluation's 4.2

@@ -16,6 +16,12 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
   ``monitor/expert_tokens/layer_XX/expert_YY``.
 - Optimizer health: ``monitor/grad_norm/G``, ``monitor/weight_norm/G``, ``monitor/update_ratio/G``,
   ``monitor/sphere_norm_drift``.
+- Router (MoE layers): ``monitor/router/entropy/layer_XX`` (mean entropy of the softmax over all experts / ln E),
+  ``monitor/router/margin/layer_XX`` (mean gap between the k-th and (k+1)-th selection score) and
+  ``monitor/router/near_tie/layer_XX`` (fraction of tokens whose gap is within bf16 rounding), ``monitor/router/churn/
+  layer_XX`` (fraction of a fixed probe's tokens whose top-k set changed since the last monitor step),
+  ``monitor/router/aux_over_min/layer_XX`` (the layer's switch aux loss over its balanced minimum 1; layers without a
+  selection bias), ``monitor/expert_load/{p10,p50,p90}/layer_XX`` (percentiles of expert load / mean load).
 
 Under torchrun every rank computes these on its own tokens and the logged values are reduced over ranks
 (:func:`train.monitors.stats.reduce_over_ranks`; what each means under data / expert parallelism: its docstring and
@@ -24,7 +30,8 @@ docs/distributed.md "Monitors under DP and EP").
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
 ``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
 10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``
-(max/mean > 3), from ``alarm_start`` on. Threshold alarms fire once and re-arm when the value falls back.
+(max/mean > 3) and ``aux_below_min`` (aux over its balanced minimum < 0.95), from ``alarm_start`` on. Threshold
+alarms fire once and re-arm when the value comes back.
 """
 
 from __future__ import annotations

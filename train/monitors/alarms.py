@@ -18,10 +18,11 @@ from train.monitors.config import MonitorConfig
 @dataclass
 class Alarm:
     step: int
-    alarm: str  # loss_spike | grad_norm_spike | z_growth | rms_growth | outlier_frac | expert_imbalance
+    alarm: str  # loss_spike | grad_norm_spike | z_growth | rms_growth | outlier_frac | expert_imbalance | aux_below_min
     metric: str
     value: float
     threshold: float
+    below: bool = False  # the rule fires below the threshold (aux_below_min), not above it
 
     def record(self) -> dict[str, Any]:
         return {"step": self.step, "event": "alarm", "alarm": self.alarm, "metric": self.metric,
@@ -29,7 +30,7 @@ class Alarm:
 
     def message(self) -> str:
         return (f"[monitor] step {self.step}: ALARM {self.alarm}: {self.metric} = {self.value:.4g} "
-                f"> {self.threshold:.4g}")
+                f"{'<' if self.below else '>'} {self.threshold:.4g}")
 
 
 class SpikeDetector:
@@ -59,12 +60,14 @@ class SpikeDetector:
         return limit if limit is not None and value > limit else None
 
 
-# (alarm, metric glob, kind, config field): "growth" compares with the metric's first monitored value.
+# (alarm, metric glob, kind, config field): "growth" compares with the metric's first monitored value, "below" fires
+# under the threshold.
 _RULES = (
     ("z_growth", "monitor/z_*", "growth", "z_growth"),
     ("rms_growth", "monitor/rms/*", "growth", "rms_growth"),
     ("outlier_frac", "monitor/outlier_frac/*", "above", "outlier_frac"),
     ("expert_imbalance", "monitor/expert_load/max_mean/*", "above", "expert_max_mean"),
+    ("aux_below_min", "monitor/router/aux_over_min/*", "below", "aux_below_min"),
 )
 SPIKE_METRICS = {"train/loss": "loss_spike", "train/grad_norm": "grad_norm_spike"}
 
@@ -99,10 +102,11 @@ class Alarms:
                 else:
                     limit = factor
                 key = f"{alarm}:{name}"
-                if value > limit or not math.isfinite(value):
+                beyond = value < limit if kind == "below" else value > limit
+                if beyond or not math.isfinite(value):
                     if key not in self.active:
                         self.active.add(key)
-                        fired.append(Alarm(step, alarm, name, value, limit))
+                        fired.append(Alarm(step, alarm, name, value, limit, below=kind == "below"))
                 else:
                     self.active.discard(key)
         return fired

@@ -14,7 +14,7 @@ import torch
 
 from train.loop import Callback, Trainer
 from train.monitors.alarms import Alarm, Alarms
-from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth
+from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth, RoutingChurn
 from train.monitors import stats as S
 from train.monitors.config import MonitorConfig
 
@@ -26,7 +26,9 @@ class MonitorCallback(Callback):
         self.optim = OptimizerHealth()
         self.activations: ActivationCollector | None = None
         self.experts: ExpertLoad | None = None
+        self.churn: RoutingChurn | None = None
         self._pending_experts: dict[str, list[float]] = {}
+        self._pending_churn: list | None = None
         self._monitor_step = False
         self._device = torch.device("cpu")
         self.events: list[Alarm] = []  # every alarm raised in this process, for tests and summaries
@@ -42,6 +44,9 @@ class MonitorCallback(Callback):
             self.experts = ExpertLoad(trainer.model, trainer.dist)
             if self._pending_experts:
                 self.experts.load_state_dict(self._pending_experts, trainer.device)
+            if self.experts.active:
+                self.churn = RoutingChurn(trainer.model, self._probe(trainer))
+                self.churn.load_state_dict(self._pending_churn)
             self.optim.init_reference(trainer.optimizer)
 
     def on_step_start(self, trainer: Trainer, step: int) -> None:
@@ -63,6 +68,8 @@ class MonitorCallback(Callback):
             tensors = S.reduce_over_ranks(tensors, trainer.dist)  # each rank's statistics → the global batch's
             if self.experts is not None and self.experts.active:
                 tensors.update(self.experts.report(self.cfg.expert_tokens))
+            if self.churn is not None:
+                tensors.update(self.churn.measure(trainer.autocast))
             if tensors:
                 names = list(tensors)
                 values = torch.stack([tensors[n].detach().double().reshape(()) for n in names]).tolist()  # one sync
@@ -76,6 +83,14 @@ class MonitorCallback(Callback):
         if self.experts is not None:
             self.experts.close()
 
+    def _probe(self, trainer: Trainer) -> torch.Tensor:
+        """The churn probe: the first ⌈sample_tokens / seq_len⌉ sequences of the first validation batch — rank 0's
+        on every rank (each rank has its own validation batches), so all ranks measure one churn and a resume, which
+        restores rank 0's last top-k sets, compares the same tokens."""
+        inputs = trainer.val_batches[0][0]
+        probe = inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
+        return trainer.dist.broadcast(probe.contiguous())
+
     # ------------------------------------------------------------------------------------------------ alarms
     def _raise(self, trainer: Trainer, alarm: Alarm) -> None:
         self.events.append(alarm)
@@ -88,12 +103,17 @@ class MonitorCallback(Callback):
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         experts = self.experts.state_dict() if self.experts is not None else dict(self._pending_experts)
-        return {"alarms": self.alarms.state_dict(), "sphere_reference": self.optim.reference, "expert_window": experts}
+        churn = self.churn.state_dict() if self.churn is not None else self._pending_churn
+        return {"alarms": self.alarms.state_dict(), "sphere_reference": self.optim.reference, "expert_window": experts,
+                "router_topk": churn}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.alarms.load_state_dict(state.get("alarms", {}))
         if state.get("sphere_reference") is not None:
             self.optim.reference = state["sphere_reference"]
         self._pending_experts = dict(state.get("expert_window", {}))
+        self._pending_churn = state.get("router_topk")
         if self.experts is not None:
             self.experts.load_state_dict(self._pending_experts, self._device)
+        if self.churn is not None:
+            self.churn.load_state_dict(self._pending_churn)

@@ -104,6 +104,12 @@ class ActivationCollector:
                 _, z, top = S.logsumexp_stats(routing.logits.detach())
                 self.stats[f"monitor/z_router/{tag}"] = z
                 self.stats[f"monitor/z_router_max/{tag}"] = top
+                router = mlp.router
+                for k, v in S.router_stats(routing.logits.detach(), router.top_k, router.selection_bias).items():
+                    self.stats[f"monitor/router/{k}/{tag}"] = v
+                if router.selection_bias is None:  # a selection bias *means* to send tokens against the probabilities
+                    self.stats[f"monitor/router/aux_over_min/{tag}"] = S.aux_over_min(routing.counts,
+                                                                                      routing.prob_mean.detach())
         return hook
 
     def _block_hook(self, tag: str):
@@ -190,6 +196,41 @@ class ExpertLoad:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+class RoutingChurn:
+    """Routing churn: the top-k sets of a fixed probe (the first validation sequences), routed at every monitor step
+    after the optimizer step; the churn of a layer is the fraction of probe tokens whose set changed since the last
+    monitor step. One no-grad forward of the probe in eval mode (the expert-load window counts training forwards only).
+    """
+
+    def __init__(self, model: nn.Module, probe: Tensor) -> None:
+        self.model, self.probe = model, probe
+        self.layers = [i for i, block in enumerate(model.layers) if getattr(block, "is_moe", False)]
+        self.last: list[Tensor] | None = None
+
+    @torch.no_grad()
+    def measure(self, autocast: Any) -> dict[str, Tensor]:
+        training = self.model.training
+        self.model.eval()
+        try:
+            with autocast():
+                now = [r.indices for r in self.model(self.probe).routing]
+        finally:
+            self.model.train(training)
+        out = {}
+        if self.last is not None:
+            for i, before, after in zip(self.layers, self.last, now, strict=True):
+                out[f"monitor/router/churn/{layer_name(i)}"] = S.topk_changed(before, after)
+        self.last = now
+        return out
+
+    def state_dict(self) -> list[list[list[int]]] | None:
+        return None if self.last is None else [t.tolist() for t in self.last]
+
+    def load_state_dict(self, state: list[list[list[int]]] | None) -> None:
+        device = self.probe.device
+        self.last = None if state is None else [torch.tensor(t, dtype=torch.long, device=device) for t in state]
 
 
 def _group_params(optimizer: Any) -> dict[str, list[Tensor]]:

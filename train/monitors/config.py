@@ -33,6 +33,9 @@ class MonitorConfig:
     rms_growth: float = 10.0  # an output RMS (monitor/rms/*) above this factor × its first monitored value
     outlier_frac: float = 0.01  # fraction of |x| > 6·RMS (monitor/outlier_frac/*); a Gaussian gives 2e-9
     expert_max_mean: float = 3.0  # tokens of the busiest expert / mean tokens per expert, per MoE layer
+    # A layer's switch aux loss below this fraction of its balanced minimum (1): the router games the loss
+    # (train.monitors.stats.aux_over_min). Honest top-k routing stays near or above 1 once the load is balanced.
+    aux_below_min: float = 0.95
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -41,6 +44,6 @@ class MonitorConfig:
         for name in ("sample_tokens", "spike_window", "spike_min_history", "alarm_start"):
             if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
-        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean"):
+        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be >= 0 (0 disables the alarm)")

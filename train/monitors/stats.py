@@ -23,6 +23,7 @@ from torch import Tensor
 
 from hyperp.dtypes import at_least_fp32
 from moe.balance import balance_metrics
+from moe.losses import switch_aux
 from train.distributed import DistEnv
 
 # Metric family (the name's second component, ``monitor/<family>/…``) → how ranks' values combine; None: the value
@@ -33,14 +34,25 @@ RANK_REDUCTION: dict[str, str | None] = {
     "z_logits_max": "max", "z_router_max": "max", "attn_logit_max": "max", "max_over_rms": "max",
     "sphere_norm_drift": "max",
     "grad_norm": None, "weight_norm": None, "update_ratio": None, "expert_load": None, "expert_tokens": None,
+    # monitor/router/<kind>/…: per-token means over each rank's tokens; aux_over_min is a per-rank value (E·Σ f·P of
+    # the rank's own tokens) averaged, not the pooled batch's. (router/churn routes one probe, rank 0's, on every
+    # rank: the same value everywhere, added after this reduction.)
+    "router/entropy": "mean", "router/margin": "mean", "router/near_tie": "mean", "router/aux_over_min": "mean",
 }
+
+
+def rank_reduction(name: str) -> str | None:
+    """How ``monitor/<family>[/<kind>]/…`` combines over ranks (a KeyError for a metric nobody classified)."""
+    parts = name.split("/")
+    kind = "/".join(parts[1:3])
+    return RANK_REDUCTION[kind] if kind in RANK_REDUCTION else RANK_REDUCTION[parts[1]]
 
 
 def reduce_over_ranks(stats: dict[str, Tensor], env: DistEnv) -> dict[str, Tensor]:
     """Each rank's statistics → the global ones (module docstring); two all-reduces, no host sync."""
     if not env.active or env.world_size == 1:
         return stats
-    kinds = {name: RANK_REDUCTION[name.split("/")[1]] for name in stats}
+    kinds = {name: rank_reduction(name) for name in stats}
     out = dict(stats)
     for op, wanted in (("sum", ("mean", "rms")), ("max", ("max",))):
         names = [n for n in stats if kinds[n] in wanted]
@@ -114,6 +126,54 @@ def attention_logit_stats(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     return lse.square().mean(), scores.max()
 
 
+LOAD_PERCENTILES = (10, 50, 90)
+# bf16 keeps 8 significant bits: two scores closer than 2⁻⁷ of their size can round to the same or swapped values, so
+# a top-k decision with a smaller margin may flip between an fp32 and a bf16 run of the same weights.
+NEAR_TIE = 2.0**-7
+
+
 def expert_load(counts: Tensor) -> dict[str, Tensor]:
-    """Balance of one layer's token-slot counts (E,): the shared metrics of :func:`moe.balance.balance_metrics`."""
-    return balance_metrics(counts)
+    """Balance of one layer's token-slot counts (E,): the shared metrics of :func:`moe.balance.balance_metrics`, and
+    percentiles of the load relative to the mean (``p10`` = 0.2: a tenth of the experts get ≤ 20 % of a fair share)."""
+    counts = counts.float()
+    share = counts / counts.mean().clamp_min(1e-12)
+    q = torch.quantile(share, torch.tensor([p / 100 for p in LOAD_PERCENTILES], device=share.device))
+    return balance_metrics(counts) | {f"p{p}": v for p, v in zip(LOAD_PERCENTILES, q, strict=True)}
+
+
+def router_stats(logits: Tensor, top_k: int, selection_bias: Tensor | None = None) -> dict[str, Tensor]:
+    """Routing health of one layer from its (N, E) router logits.
+
+    ``entropy``: mean over tokens of the entropy of softmax(z), over ln E (1 = uniform, 0 = one expert per token).
+    ``margin``: mean gap between the k-th and (k+1)-th selection score (z plus any selection bias: what top-k
+    compares); ``near_tie``: fraction of tokens whose gap is at most :data:`NEAR_TIE` × the larger score's size. No
+    margin when k = E (every expert is selected).
+    """
+    z = _acc(logits)  # fp64 runs keep fp64 (module docstring)
+    e = z.shape[-1]
+    entropy = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).mean()
+    out = {"entropy": entropy / math.log(e) if e > 1 else torch.zeros_like(entropy)}
+    if top_k < e:
+        scores = z if selection_bias is None else z + selection_bias.to(z.dtype)
+        top = scores.topk(top_k + 1, dim=-1).values
+        gap = top[:, top_k - 1] - top[:, top_k]
+        size = torch.maximum(top[:, top_k - 1].abs(), top[:, top_k].abs())
+        out["margin"] = gap.mean()
+        out["near_tie"] = (gap <= NEAR_TIE * size).float().mean()  # ≤: an exact tie at 0 is a tie
+    return out
+
+
+def aux_over_min(counts: Tensor, prob_mean: Tensor) -> Tensor:
+    """The switch loss E·Σ f_i·P_i of one layer over its balanced minimum, 1 (f_i = 1/E gives Σ P_i = 1).
+
+    E·Σ f_i P_i = 1 + E·Σ (f_i − 1/E)(P_i − 1/E): below 1 the load goes where the router puts *less* probability
+    than average. Top-k on those probabilities rarely does that (it needs many tokens narrowly preferring one expert
+    while few strongly prefer another); a value well below 1 means the router lowers the loss through its
+    probabilities instead of its balance — it games the loss (Megatron-LM#1545: "aux loss stays >= 1" expected).
+    """
+    return switch_aux(counts, prob_mean.float())
+
+
+def topk_changed(before: Tensor, after: Tensor) -> Tensor:
+    """Fraction of tokens whose set of selected experts differs between two (N, k) index tensors (order ignored)."""
+    return (before.sort(-1).values != after.sort(-1).values).any(-1).float().mean()
