@@ -89,7 +89,7 @@ class MonitorCallback(Callback):
         restores rank 0's last top-k sets, compares the same tokens."""
         inputs = trainer.val_batches[0][0]
         probe = inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
-        return trainer.dist.broadcast(probe.contiguous())
+        return trainer.dist.broadcast(probe.clone())  # a copy: rank r keeps its own validation batch
 
     # ------------------------------------------------------------------------------------------------ alarms
     def _raise(self, trainer: Trainer, alarm: Alarm) -> None:
