@@ -33,7 +33,8 @@ Deliberate breaks, each tried once (on the world-2 / world-4 jobs), and what fai
   ``test_grad_norm_and_non_finite_check_are_global_under_ep`` "(0, 34.87…, 44.54…)" (rank 0 saw its shards only);
   a NaN in one rank's experts dropped from the norm: "(0, 44.53…)" finite on rank 0;
 - monitor statistics not reduced over ranks (rank 0's view logged): ``test_monitors_reduced_across_ranks``
-  ``('monitor/attn_logit_max/layer_00', 2, 3.7903, 3.7886)``.
+  ``('monitor/attn_logit_max/layer_00', 2, 3.7903, 3.7886)``; the router entropy (main's router diagnostics) not
+  reduced: ``('monitor/router/entropy/layer_00', 2, 0.95784, 0.95737)``.
 """
 
 from __future__ import annotations
