@@ -2,14 +2,16 @@
 
 | optimizer | MATRIX, EXPERT        | ROUTER                      | HEAD            | EMBEDDING, VECTOR |
 |-----------|-----------------------|-----------------------------|-----------------|-------------------|
-| muonh     | MuonH "sphere"        | sphere, or Adam if !router_on_sphere | AdamH "head" | Adam "adam", no decay |
-| adamh     | AdamH "sphere"        | AdamH "sphere"              | AdamH "head"    | Adam "adam"       |
-| muon      | Muon "matrix" (+wd)   | Muon "matrix"               | AdamW "head" +wd| AdamW "adam", wd 0|
-| adamw     | AdamW "matrix" (+wd)  | AdamW "matrix"              | AdamW "head" +wd| AdamW "adam", wd 0|
+| muonh     | MuonH "sphere"        | sphere, or Adam if !router_on_sphere | AdamH "head" (Adam if !head_on_sphere) | Adam "adam", no decay |
+| adamh     | AdamH "sphere"        | AdamH "sphere"              | AdamH "head" (Adam if !head_on_sphere) | Adam "adam"       |
+| muon      | Muon "matrix" (+wd)   | Muon "matrix"               | AdamW "head" (+wd if decay_head) | AdamW "adam", wd 0|
+| adamw     | AdamW "matrix" (+wd)  | AdamW "matrix"              | AdamW "head" (+wd if decay_head) | AdamW "adam", wd 0|
 
 ArchScale ``pretrain.py:get_param_groups`` gives the Adam group the same lr as the matrices; Marin gives it its own
 ``adam_lr``: both via :class:`OptimConfig`. ``transfer_factor`` is the run's HyperP lr factor
 (:func:`hyperp.transfer.transfer_factor`); :func:`hyperp.transfer.peak_lrs` turns it into the groups' peak lrs.
+Decayed groups get ``weight_decay`` × d₀/L (``wd_base_depth``; needs the model ``depth``) and, in the
+"independent" mode, ÷ the group's peak lr, so that torch's per-step ``lr_t·wd`` becomes ``wd·lr_t/η_peak``.
 """
 
 from __future__ import annotations
@@ -53,17 +55,32 @@ _ORDER = ("sphere", "matrix", "head", "adam")
 def _placement(cfg: OptimConfig, role: Role) -> tuple[str, str]:
     if cfg.name == "muonh" and role is Role.ROUTER and not cfg.router_on_sphere:
         return "adam", "adam"  # Marin's MoE MuonH recipe keeps the router in plain Adam
+    if cfg.name in ("muonh", "adamh") and role is Role.HEAD and not cfg.head_on_sphere:
+        return "head", "adam"
     return _PLACEMENT[cfg.name][role]
 
 
-def _group_settings(name: str, kind: str, cfg: OptimConfig, transfer_factor: float) -> dict[str, Any]:
+def _decay(name: str, cfg: OptimConfig, lr: float, depth: int | None) -> float:
+    """The group's torch ``weight_decay``: 0 for the Adam group (and the head unless ``decay_head``), else scaled."""
+    if name == "adam" or (name == "head" and not cfg.decay_head):
+        return 0.0
+    wd = cfg.weight_decay
+    if cfg.wd_base_depth is not None:
+        if depth is None:
+            raise ConfigError("optim.wd_base_depth is set but the model depth was not given to build the optimizer")
+        wd *= cfg.wd_base_depth / depth
+    return wd / lr if cfg.weight_decay_mode == "independent" else wd
+
+
+def _group_settings(name: str, kind: str, cfg: OptimConfig, transfer_factor: float, depth: int | None
+                    ) -> dict[str, Any]:
     matrix_lr, adam_lr = peak_lrs(cfg.lr, cfg.adam_lr, transfer_factor)
     lr = adam_lr if name == "adam" else matrix_lr
     settings: dict[str, Any] = {"name": name, "kind": kind, "lr": lr, "base_lr": lr}
     if kind in ("adam", "adamw", "adamh"):
         settings.update(betas=tuple(cfg.betas), eps=cfg.eps)
     if kind == "adamw":
-        settings["weight_decay"] = 0.0 if name == "adam" else cfg.weight_decay
+        settings["weight_decay"] = _decay(name, cfg, lr, depth)
     if kind in ("adam",):
         settings["weight_decay"] = 0.0
     if kind in ("muonh", "adamh"):
@@ -73,13 +90,18 @@ def _group_settings(name: str, kind: str, cfg: OptimConfig, transfer_factor: flo
     if kind == "muonh":
         settings.update(sphere=True, weight_decay=0.0)
     if kind == "muon":
-        settings.update(sphere=False, weight_decay=cfg.weight_decay, adjust_lr_fn=cfg.muon_adjust_lr)
+        settings.update(sphere=False, weight_decay=_decay(name, cfg, lr, depth), adjust_lr_fn=cfg.muon_adjust_lr)
     return settings
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0, depth: int | None = None
+) -> list[dict[str, Any]]:
     """Parameter groups by declared role; each dict has ``params``, ``name``, ``kind``, ``lr``, ``base_lr`` (the
-    peak lr that the schedule multiplies)."""
+    peak lr that the schedule multiplies).
+
+    ``depth`` (the model's layer count) is needed only for ``optim.wd_base_depth``.
+    """
     if not transfer_factor > 0:
         raise ConfigError(f"HyperP transfer factor {transfer_factor} must be > 0")
     try:
@@ -95,7 +117,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.
         name, kind = _placement(cfg, role)
         _check_shape(fqn, p, role, kind)
         if name not in groups:
-            groups[name] = _group_settings(name, kind, cfg, transfer_factor) | {"params": [], "param_names": []}
+            groups[name] = _group_settings(name, kind, cfg, transfer_factor, depth) | {"params": [], "param_names": []}
         groups[name]["params"].append(p)
         groups[name]["param_names"].append(fqn)
     return [groups[n] for n in _ORDER if n in groups]
@@ -118,10 +140,12 @@ def _make(kind: str, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0) -> CompositeOptimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, transfer_factor: float = 1.0, depth: int | None = None
+) -> CompositeOptimizer:
     """One :class:`CompositeOptimizer` over one inner optimizer per kind, groups in a fixed order."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for group in param_groups(model, cfg, transfer_factor):
+    for group in param_groups(model, cfg, transfer_factor, depth):
         by_kind.setdefault(group["kind"], []).append(group)
     if not by_kind:
         raise ConfigError("model has no trainable parameters to optimize")

@@ -1,9 +1,12 @@
 """Conversion between our Qwen3 models and Hugging Face transformers' ``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM``.
 
-Our residual multiplier has no HF counterpart; because each branch ends in a linear map (``o_proj``, ``down_proj``)
-it is folded into those weights on export and divided out on import, which leaves the logits unchanged.
-SqrtGate and shared-expert MoE models have no transformers class: ``to_hf`` refuses them with a one-line error and
-``export_dir`` writes them with their own modeling code (``models/remote``, loaded with ``trust_remote_code=True``).
+Three of our scalars have no HF counterpart and are folded into weights on export (divided out on import), which
+leaves the logits unchanged: the residual multiplier into ``o_proj`` / ``down_proj`` (each branch ends in that linear
+map); the attention softmax scale s into ``q_norm`` (HF uses 1/√d; q_norm's gain scales q, RoPE is linear, so
+gain·s·√d gives the same logits); the logit scale into the final norm's gain.
+SqrtGate, shared-expert and gated-attention models have no transformers class: ``to_hf`` refuses them with a
+one-line error and ``export_dir`` writes them with their own modeling code (``models/remote``, loaded with
+``trust_remote_code=True``; a dense model there is ``num_experts = 0``).
 
 Pure conversion: nothing here reads a run folder (``python -m train.export`` exports a run through ``export_dir``).
 """
@@ -36,6 +39,7 @@ _DENSE_MLP_MAP = {
     "mlp.up_proj.weight": "mlp.up_proj.weight",
     "mlp.down_proj.weight": "mlp.down_proj.weight*",
 }
+_GATE_MAP = {"attn.g_proj.weight": "self_attn.g_proj.weight"}
 _MOE_MAP = {"mlp.router.weight": "mlp.gate.weight", "mlp.experts.w_down": "mlp.experts.down_proj*"}
 _SHARED_MAP = {
     "mlp.shared_expert.gate_proj.weight": "mlp.shared_expert.gate_proj.weight",
@@ -51,15 +55,20 @@ _AUTO_MAP = {
 
 
 def needs_remote_code(cfg: ModelConfig) -> bool:
-    """True when ``Qwen3MoeForCausalLM`` cannot represent the model (SqrtGate or a shared expert)."""
-    return cfg.moe is not None and (cfg.moe.gate != "softmax" or cfg.moe.shared_expert)
+    """True when no transformers Qwen3 class can represent the model (SqrtGate, a shared expert, gated attention)."""
+    return cfg.gated_attn or (cfg.moe is not None and (cfg.moe.gate != "softmax" or cfg.moe.shared_expert))
+
+
+def _q_norm_factor(cfg: ModelConfig) -> float:
+    """Our softmax scale ÷ transformers' 1/√head_dim: what ``q_norm`` absorbs on export."""
+    return cfg.resolved_attn_scale * cfg.resolved_head_dim**0.5
 
 
 def hf_config(cfg: ModelConfig, remote: bool = False):  # -> transformers.PreTrainedConfig
     """The transformers config with the same architecture as ``cfg``.
 
-    ``remote=True`` gives the ``HyperpMoeConfig`` of the shipped modeling code (any MoE model); otherwise a plain
-    ``Qwen3Config`` / ``Qwen3MoeConfig``, refusing models that need remote code.
+    ``remote=True`` gives the ``HyperpMoeConfig`` of the shipped modeling code (any model; dense ones with
+    ``num_experts = 0``); otherwise a plain ``Qwen3Config`` / ``Qwen3MoeConfig``, refusing models that need remote code.
     """
     from transformers import Qwen3Config, Qwen3MoeConfig
 
@@ -72,65 +81,73 @@ def hf_config(cfg: ModelConfig, remote: bool = False):  # -> transformers.PreTra
         num_key_value_heads=cfg.n_kv_heads,
         head_dim=cfg.resolved_head_dim,
         max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        rms_norm_eps=cfg.resolved_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.resolved_rope_theta},
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=False,
         hidden_act="silu",
     )
-    if cfg.moe is None:
-        if remote:
-            raise ConfigError("remote modeling code is only for MoE models; dense models export as Qwen3ForCausalLM")
+    if needs_remote_code(cfg) and not remote:
+        raise ConfigError(
+            "no transformers Qwen3 class has SqrtGate, a shared expert or gated attention (model.gated_attn="
+            f"{cfg.gated_attn}, moe.gate={cfg.moe.gate if cfg.moe else None!r}, shared_expert="
+            f"{cfg.moe.shared_expert if cfg.moe else False}): use models.hf.export_dir, which ships its own modeling code"
+        )
+    if cfg.moe is None and not remote:
         return Qwen3Config(**common, architectures=["Qwen3ForCausalLM"])
     moe = dict(
-        num_experts=cfg.moe.num_experts,
-        num_experts_per_tok=cfg.moe.top_k,
-        moe_intermediate_size=cfg.moe.expert_hidden,
+        num_experts=cfg.moe.num_experts if cfg.moe else 0,
+        num_experts_per_tok=cfg.moe.top_k if cfg.moe else 1,
+        moe_intermediate_size=cfg.moe.expert_hidden if cfg.moe else cfg.mlp_hidden,
         norm_topk_prob=True,
         decoder_sparse_step=cfg.decoder_sparse_step,
         mlp_only_layers=list(cfg.mlp_only_layers),
-        router_aux_loss_coef=cfg.moe.aux_weight,
+        router_aux_loss_coef=cfg.moe.aux_weight if cfg.moe else 0.0,
     )
-    if remote:
-        from models.remote.configuration_hyperp_moe import HyperpMoeConfig
+    if not remote:
+        return Qwen3MoeConfig(**common, **moe, architectures=["Qwen3MoeForCausalLM"])
+    from models.remote.configuration_hyperp_moe import HyperpMoeConfig
 
-        return HyperpMoeConfig(
-            **common,
-            **moe,
-            architectures=["HyperpMoeForCausalLM"],
-            auto_map=dict(_AUTO_MAP),
-            moe_gate=cfg.moe.gate,
-            shared_expert_intermediate_size=cfg.moe.shared_hidden if cfg.moe.shared_expert else 0,
-            shared_expert_mix=float(cfg.moe.shared_mix),
-        )
-    if needs_remote_code(cfg):
-        raise ConfigError(
-            f"Qwen3MoeForCausalLM has neither SqrtGate nor a shared expert (model.moe.gate={cfg.moe.gate!r}, "
-            f"shared_expert={cfg.moe.shared_expert}): use models.hf.export_dir, which ships its own modeling code"
-        )
-    return Qwen3MoeConfig(**common, **moe, architectures=["Qwen3MoeForCausalLM"])
+    shared = cfg.moe is not None and cfg.moe.shared_expert
+    return HyperpMoeConfig(
+        **common,
+        **moe,
+        architectures=["HyperpMoeForCausalLM"],
+        auto_map=dict(_AUTO_MAP),
+        moe_gate=cfg.moe.gate if cfg.moe else "softmax",
+        shared_expert_intermediate_size=cfg.moe.shared_hidden if shared else 0,
+        shared_expert_mix=float(cfg.moe.shared_mix) if cfg.moe else 0.5,
+        gated_attention=cfg.gated_attn,
+    )
 
 
 def _layer_table(cfg: ModelConfig, is_moe: bool) -> dict[str, str]:
     """Our → HF names of one layer's tensors, except the fused expert gate/up (handled by the callers)."""
+    attn = {**_LAYER_MAP, **(_GATE_MAP if cfg.gated_attn else {})}
     if not is_moe:
-        return {**_LAYER_MAP, **_DENSE_MLP_MAP}
+        return {**attn, **_DENSE_MLP_MAP}
     assert cfg.moe is not None
-    return {**_LAYER_MAP, **_MOE_MAP, **(_SHARED_MAP if cfg.moe.shared_expert else {})}
+    return {**attn, **_MOE_MAP, **(_SHARED_MAP if cfg.moe.shared_expert else {})}
+
+
+def _factor(cfg: ModelConfig, hf_name: str) -> float:
+    """What export multiplies an HF-named per-layer tensor by (import divides): the folded scalars."""
+    if hf_name.endswith("*"):
+        return cfg.resolved_residual_multiplier
+    return _q_norm_factor(cfg) if hf_name == "self_attn.q_norm.weight" else 1.0
 
 
 def _ours_to_hf_state(model: Qwen3) -> dict[str, Tensor]:
     cfg = model.config
     ours = model.state_dict()
-    mult = cfg.resolved_residual_multiplier
-    out: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"]}
+    out: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embed.weight"],
+                              "model.norm.weight": ours["norm.weight"] * cfg.logit_scale}
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = ours["lm_head.weight"]
     for i, block in enumerate(model.layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         for src, dst in _layer_table(cfg, block.is_moe).items():
-            w = ours[p + src]
-            out[q + dst.rstrip("*")] = w * mult if dst.endswith("*") else w
+            out[q + dst.rstrip("*")] = ours[p + src] * _factor(cfg, dst)
         if block.is_moe:  # transformers >= 5 fuses gate and up: (E, 2I, H), gate rows first
             out[q + "mlp.experts.gate_up_proj"] = torch.cat(
                 (ours[p + "mlp.experts.w_gate"], ours[p + "mlp.experts.w_up"]), dim=1
@@ -140,14 +157,13 @@ def _ours_to_hf_state(model: Qwen3) -> dict[str, Tensor]:
 
 def _hf_to_ours_state(hf_state: dict[str, Tensor], model: Qwen3) -> dict[str, Tensor]:
     cfg = model.config
-    mult = cfg.resolved_residual_multiplier
-    out: dict[str, Tensor] = {"embed.weight": hf_state["model.embed_tokens.weight"], "norm.weight": hf_state["model.norm.weight"]}
+    out: dict[str, Tensor] = {"embed.weight": hf_state["model.embed_tokens.weight"],
+                              "norm.weight": hf_state["model.norm.weight"] / cfg.logit_scale}
     out["lm_head.weight"] = hf_state["model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"]
     for i, block in enumerate(model.layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         for dst, src in _layer_table(cfg, block.is_moe).items():
-            w = hf_state[q + src.rstrip("*")]
-            out[p + dst] = w / mult if src.endswith("*") else w
+            out[p + dst] = hf_state[q + src.rstrip("*")] / _factor(cfg, src)
         if block.is_moe:
             gate_up = hf_state[q + "mlp.experts.gate_up_proj"]
             out[p + "mlp.experts.w_gate"], out[p + "mlp.experts.w_up"] = gate_up.chunk(2, dim=1)
@@ -157,8 +173,8 @@ def _hf_to_ours_state(hf_state: dict[str, Tensor], model: Qwen3) -> dict[str, Te
 def to_hf(model: Qwen3, remote: bool = False):  # -> Qwen3ForCausalLM | Qwen3MoeForCausalLM | HyperpMoeForCausalLM
     """A transformers model computing the same logits as ``model`` (fp32, eval mode).
 
-    ``remote=True`` builds the shipped ``HyperpMoeForCausalLM`` (needed for SqrtGate / shared expert); save that
-    with :func:`export_dir` so the directory carries its modeling code.
+    ``remote=True`` builds the shipped ``HyperpMoeForCausalLM`` (needed for SqrtGate / shared expert / gated
+    attention); save that with :func:`export_dir` so the directory carries its modeling code.
     """
     from transformers import AutoModelForCausalLM
 
@@ -179,7 +195,8 @@ def to_hf(model: Qwen3, remote: bool = False):  # -> Qwen3ForCausalLM | Qwen3Moe
 
 
 def config_from_hf(hf_cfg, parameterization: str = "hyperp") -> ModelConfig:
-    """Our config for a transformers Qwen3/Qwen3-MoE config (residual multiplier from ``parameterization``)."""
+    """Our config for a transformers Qwen3/Qwen3-MoE config (residual multiplier and attention scale from
+    ``parameterization``; import divides them out of the weights, so the logits stay those of the checkpoint)."""
     from moe.config import MoEConfig
 
     rope = getattr(hf_cfg, "rope_parameters", None) or {}
@@ -210,6 +227,7 @@ def config_from_hf(hf_cfg, parameterization: str = "hyperp") -> ModelConfig:
         tie_embeddings=bool(hf_cfg.tie_word_embeddings),
         rope_theta=float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 1e6))),
         norm_eps=hf_cfg.rms_norm_eps,
+        gated_attn=bool(getattr(hf_cfg, "gated_attention", False)),  # HyperpMoeConfig only
         parameterization=parameterization,  # type: ignore[arg-type]
         moe=moe,
         decoder_sparse_step=getattr(hf_cfg, "decoder_sparse_step", 1) or 1,

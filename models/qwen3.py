@@ -60,20 +60,29 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
+    """GQA with qk-norm; softmax scale ``cfg.resolved_attn_scale``; optional per-head output gate (ArchScale ``_ga``).
+
+    The gate is ``σ(W_g x)`` with W_g: hidden → n_heads (one scalar per head and token, ArchScale's "per head
+    gate" ``g_proj``), multiplied into that head's attention output before ``o_proj``. W_g is a hidden matrix
+    (Role.MATRIX): on the MuonH sphere like q/k/v/o, PyTorch-default init under HyperP.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         hd = cfg.resolved_head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
+        self.scale = cfg.resolved_attn_scale
         self.q_proj = _linear(cfg.hidden, cfg.n_heads * hd)
         self.k_proj = _linear(cfg.hidden, cfg.n_kv_heads * hd)
         self.v_proj = _linear(cfg.hidden, cfg.n_kv_heads * hd)
         self.o_proj = _linear(cfg.n_heads * hd, cfg.hidden)
-        self.q_norm = RMSNorm(hd, cfg.norm_eps)
-        self.k_norm = RMSNorm(hd, cfg.norm_eps)
-        self.rotary = Rotary(hd, cfg.max_seq_len, cfg.rope_theta)
+        self.g_proj = _linear(cfg.hidden, cfg.n_heads) if cfg.gated_attn else None
+        self.q_norm = RMSNorm(hd, cfg.resolved_norm_eps)
+        self.k_norm = RMSNorm(hd, cfg.resolved_norm_eps)
+        self.rotary = Rotary(hd, cfg.max_seq_len, cfg.resolved_rope_theta)
 
     def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Post-norm, post-RoPE q (B, H, T, d) and k (B, H_kv, T, d); monitors reuse this for attention logits."""
+        """Post-norm, post-RoPE q (B, H, T, d) and k (B, H_kv, T, d); monitors reuse this (logits = scale·q·k)."""
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", d=self.head_dim)
         k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", d=self.head_dim)
         return self.rotary(self.q_norm(q)), self.rotary(self.k_norm(k))
@@ -81,7 +90,11 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k = self.queries_keys(x)
         v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", d=self.head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        if self.g_proj is not None:
+            out = out * torch.sigmoid(rearrange(self.g_proj(x), "b t h -> b h t 1"))
         return self.o_proj(rearrange(out, "b h t d -> b t (h d)"))
 
 
@@ -103,9 +116,9 @@ class Block(nn.Module):
         super().__init__()
         self.layer = layer
         self.residual_multiplier = cfg.resolved_residual_multiplier
-        self.input_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.input_norm = RMSNorm(cfg.hidden, cfg.resolved_norm_eps)
         self.attn = Attention(cfg)
-        self.post_attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.post_attn_norm = RMSNorm(cfg.hidden, cfg.resolved_norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         self.mlp: nn.Module = MoEBlock(cfg.hidden, cfg.moe) if self.is_moe else MLP(cfg.hidden, cfg.mlp_hidden)
 
@@ -135,7 +148,7 @@ class Qwen3(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
         declare(self.embed, weight=Role.EMBEDDING)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden, cfg.resolved_norm_eps)
         self.lm_head = _linear(cfg.hidden, cfg.vocab_size, Role.HEAD)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -159,13 +172,15 @@ class Qwen3(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=cfg.head_init_std)
 
     def hidden_states(self, input_ids: Tensor) -> tuple[Tensor, list[RoutingStats]]:
+        """Final-norm output times ``logit_scale`` (what ``lm_head`` reads), and per-MoE-layer routing."""
         h = self.embed(input_ids)
         routing: list[RoutingStats] = []
         for block in self.layers:
             h, stats = block(h)
             if stats is not None:
                 routing.append(stats)
-        return self.norm(h), routing
+        h = self.norm(h)
+        return (h * self.config.logit_scale if self.config.logit_scale != 1.0 else h), routing
 
     def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> ModelOutput:
         if input_ids.shape[-1] > self.config.max_seq_len:

@@ -79,7 +79,8 @@ def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
     train_model = wrap(model, cfg, env, device)  # FSDP2 shards in place: build the optimizer after this
-    optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, env.world_size).transfer_factor)
+    optimizer = build_optimizer(model, cfg.optim, derive_run(cfg, env.world_size).transfer_factor,
+                                depth=cfg.model.n_layers)
     balance = None if cfg.model.moe is None else BalancePolicy(cfg.model.moe, model)
     if balance is not None:
         balance.attach(optimizer)

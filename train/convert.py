@@ -64,7 +64,8 @@ def single_file_state(path: Path, trust_checkpoint: bool = False) -> tuple[int, 
     plain = read_sharded(path, trusted=trust_checkpoint)
     cfg = build(RunConfig, plain["config"])
     model = build_model(cfg.model).to(dtype=param_dtype(cfg))  # a float64 run converts to float64
-    optimizer = build_optimizer(model, cfg.optim)  # the groups' lrs are restored from the checkpoint
+    # The groups' lrs and decays are restored from the checkpoint; depth only satisfies optim.wd_base_depth.
+    optimizer = build_optimizer(model, cfg.optim, depth=cfg.model.n_layers)
     load_sharded(path, model, optimizer)
     return _step(plain, path), plain | {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
 

@@ -80,7 +80,7 @@ def sweep_time(runs: list[dict[str, Any]], wall: bool = True) -> str:
     return f"{len(runs)} runs, wall {span / 60:.1f} min (sum of per-run training time {busy / 60:.1f} min)"
 
 
-def machine() -> str:
+def machine(jobs: int = 2) -> str:
     import torch
 
     cpu = "unknown"
@@ -91,9 +91,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores (shared with another engineer's jobs part of the time), "
-            f"torch {torch.__version__}, Python {platform.python_version()}; 2 runs at a time, 1 thread each "
-            f"(`--jobs 2`)")
+    runs = "2 runs at a time, 1 thread each" if jobs == 2 else f"{jobs} run at a time, {os.cpu_count() // jobs} threads"
+    return (f"{cpu}, {os.cpu_count()} cores (shared with other engineers' jobs part of the time), "
+            f"torch {torch.__version__}, Python {platform.python_version()}; {runs} (`--jobs {jobs}`)")
 
 
 def fmt(x: float, digits: int = 3) -> str:

@@ -124,7 +124,7 @@ def report(args: argparse.Namespace) -> dict:
              "max update ratio |", "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for name, r in runs.items():
         m = r["monitor_max"]
-        lines.append(f"| {name} | {ARMS[name][2]} | {r['steps']} | {r['tokens']:,} | {fmt(r['final_val'])} | "
+        lines.append(f"| {name} | {ARMS[name][2]} | {r['steps']} | {int(r['tokens']):,} | {fmt(r['final_val'])} | "
                      f"{r['tokens_per_s']:,.0f} | {r['finite']} | {fmt(m.get('monitor/z_logits_max'), 2)} | "
                      f"{fmt(m.get('monitor/attn_logit_max'), 2)} | {fmt(m.get('monitor/update_ratio'), 4)} |")
     lines += ["", "Token-equivalent speedup of (a) MuonH + HyperP over each baseline (> 1: (a) reaches the baseline's "

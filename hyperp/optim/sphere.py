@@ -7,6 +7,14 @@ Norms are taken over the last two dims in one pass, so a stacked (E, out, in) ex
 radii (``"per_expert"``, Marin's choice) — or, with ``"joint"``, one norm over the whole tensor as ArchScale's 3-D
 expert path does (``lit_gpt/optim/muon.py``: ``muonh_apply_scaled_update_and_local_sq_norms`` normalizes each
 parameter tensor as a whole).
+
+Why per-expert is the default: an expert is a matrix like any dense one, and per expert the sphere's two
+guarantees hold for each of them — its norm never leaves its init value, and it turns by exactly η radians a step.
+A joint norm fixes only the sum: individual experts' norms drift (SqrtGate's output-RMS argument and the
+norm-drift monitor assume each expert keeps its own), and with AdamH, whose directions are not normalized per expert,
+busy experts take most of the step budget from rarely routed ones. Per-expert norms are also independent of how the
+experts are stored or sharded (expert parallelism needs no cross-rank norm). With MuonH the two nearly coincide at
+init, since Newton–Schulz gives every expert a direction of the same norm.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Config of hyperp-moe's Qwen3-style MoE: Qwen3-MoE plus SqrtGate and a variance-preserving shared expert.
+"""Config of hyperp-moe's Qwen3-style model: Qwen3-MoE plus SqrtGate, a variance-preserving shared expert and
+gated attention.
 
-Shipped as remote code with exports that ``Qwen3MoeForCausalLM`` cannot represent (it has neither SqrtGate nor a
-shared expert). Requires transformers >= 5.
+Shipped as remote code with exports that ``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM`` cannot represent (neither
+has SqrtGate, a shared expert or an attention output gate). A dense model is ``num_experts = 0`` (every layer is
+Qwen3-MoE's dense MLP). Requires transformers >= 5.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -18,6 +20,8 @@ class HyperpMoeConfig(Qwen3MoeConfig):
         Hidden size of the dense shared SwiGLU expert; 0 means no shared expert.
     shared_expert_mix (`float`, defaults to 0.5):
         p of y = √(1−p)·routed + √p·shared under SqrtGate; under the softmax gate y = routed + shared.
+    gated_attention (`bool`, defaults to `False`):
+        Multiply each head's attention output by σ(g_proj(x)) (one gate per head and token) before `o_proj`.
     """
 
     model_type = "hyperp_moe"
@@ -25,6 +29,7 @@ class HyperpMoeConfig(Qwen3MoeConfig):
     moe_gate: str = "sqrt"
     shared_expert_intermediate_size: int = 0
     shared_expert_mix: float = 0.5
+    gated_attention: bool = False
     norm_topk_prob: bool = True
 
     def validate_hyperp_moe(self) -> None:

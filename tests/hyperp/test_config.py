@@ -20,6 +20,10 @@ from hyperp.errors import ConfigError
         (dict(momentum=1.0), "optim.momentum"),
         (dict(weight_decay=-0.1), "optim.weight_decay"),
         (dict(grad_clip=-1), "optim.grad_clip"),
+        (dict(weight_decay_mode="decoupled"), "optim.weight_decay_mode='decoupled'"),
+        (dict(wd_base_depth=0), "optim.wd_base_depth=0"),
+        (dict(head_on_sphere="no"), "optim.head_on_sphere"),
+        (dict(decay_head=1), "optim.decay_head"),
     ],
 )
 def test_bad_values_name_the_field(kwargs: dict, message: str) -> None:

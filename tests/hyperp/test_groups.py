@@ -152,3 +152,72 @@ def test_composite_state_dict_round_trip(name: str) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     if name == "muonh":
         assert any(isinstance(o, AdamH) for o in fresh.optimizers)
+
+
+def _one_step(model: nn.Module, cfg: OptimConfig, depth: int | None = None, lr_mult: float = 1.0,
+              zero_grad: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters after one step of ``build_optimizer(cfg)`` with the schedule at ``lr_mult`` of peak."""
+    opt = build_optimizer(model, cfg, depth=depth)
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * lr_mult
+    model(torch.tensor([1, 2, 3])).square().mean().backward()
+    if zero_grad:
+        for p in model.parameters():
+            p.grad.zero_()
+    opt.step()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_adam_lr_reaches_the_adam_group_and_its_update() -> None:
+    """optim.adam_lr drives the embedding/norm update: equal to torch.optim.Adam at that lr, not at the sphere lr."""
+    torch.manual_seed(0)
+    model = Tiny()
+    ref = copy.deepcopy(model)
+    init_norm = model.norm.detach().clone()
+    cfg = OptimConfig(lr=0.05, adam_lr=0.003)
+    groups = {g["name"]: g for g in build_optimizer(copy.deepcopy(model), cfg).param_groups}
+    assert groups["adam"]["lr"] == groups["adam"]["base_lr"] == 0.003 and groups["sphere"]["lr"] == 0.05
+    after = _one_step(model, cfg)
+    ref(torch.tensor([1, 2, 3])).square().mean().backward()
+    torch.optim.Adam([ref.embed, ref.norm], lr=0.003, betas=(0.9, 0.95), eps=1e-8).step()
+    for name in ("embed", "norm"):
+        torch.testing.assert_close(after[name], getattr(ref, name).detach(), rtol=0, atol=1e-7)
+    # Closed form of Adam's first step: |Δ| = lr·|g|/(|g| + eps), with lr = adam_lr (the sphere lr would be 0.05).
+    g = model.norm.grad.abs()
+    torch.testing.assert_close((after["norm"] - init_norm).abs(), 0.003 * g / (g + 1e-8), rtol=1e-4, atol=0)
+
+
+def test_head_off_the_sphere_is_plain_adam_at_the_sphere_lr() -> None:
+    model = Tiny()
+    cfg = OptimConfig(lr=0.02, adam_lr=0.004, head_on_sphere=False)
+    opt = build_optimizer(model, cfg)
+    assert _where(opt, model)["head"] == ("Adam", "head", 0.0)
+    head = next(g for g in opt.param_groups if g["name"] == "head")
+    assert head["lr"] == 0.02  # the sphere lr, not adam_lr: only the head's geometry changes
+    before = model.head.detach().norm()
+    _one_step(model, cfg)
+    assert abs(float(model.head.detach().norm() - before)) > 1e-6  # free norm (AdamH would pin it)
+
+
+@pytest.mark.parametrize("mode", ["coupled", "independent"])
+@pytest.mark.parametrize("name", ["muon", "adamw"])
+def test_weight_decay_modes_depth_scale_and_head(mode: str, name: str) -> None:
+    """With zero gradients a step is pure decay: W ← W·(1 − f). Coupled (torch): f = lr_t·wd; independent
+    (ArchScale v2scale): f = wd·lr_t/η_peak; both × d₀/L with wd_base_depth; the head keeps its norm when
+    decay_head is false."""
+    torch.manual_seed(1)
+    model = Tiny()
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr, wd, mult, d0, depth = 0.02, 0.05, 0.5, 8, 2
+    cfg = OptimConfig(name=name, lr=lr, weight_decay=wd, weight_decay_mode=mode, wd_base_depth=d0, decay_head=False)
+    after = _one_step(model, cfg, depth=depth, lr_mult=mult, zero_grad=True)
+    per_step = wd * d0 / depth * (mult if mode == "independent" else lr * mult)
+    for n in ("proj", "experts", "router"):
+        torch.testing.assert_close(after[n], init[n] * (1 - per_step), rtol=1e-6, atol=0)
+    for n in ("head", "embed", "norm"):
+        torch.testing.assert_close(after[n], init[n], rtol=0, atol=0)
+
+
+def test_wd_base_depth_needs_the_model_depth() -> None:
+    with pytest.raises(ConfigError, match="depth"):
+        param_groups(Tiny(), OptimConfig(name="muon", wd_base_depth=8))

@@ -6,7 +6,15 @@ import math
 import pytest
 
 from hyperp.errors import ConfigError
-from hyperp.transfer import BASE, Scale, derive, family_scale, residual_multiplier, transfer_factor
+from hyperp.transfer import (
+    BASE,
+    Scale,
+    archscale_param_count,
+    derive,
+    family_scale,
+    residual_multiplier,
+    transfer_factor,
+)
 
 
 def test_four_times_tokens() -> None:
@@ -40,3 +48,14 @@ def test_bad_values() -> None:
         Scale(width=8, depth=0, tokens=1, batch_tokens=1)
     with pytest.raises(ConfigError, match="optim.lr"):
         derive(BASE, BASE, base_lr=-1)
+
+
+def test_two_heads_per_layer_count_and_multipliers() -> None:
+    # The q/o term is the only one that depends on n_head: 2·d·L·n_head·head_dim, so going from n_head = L to 2L adds
+    # 2·(128·L)·L·L·128 parameters (closed form), and the SPEC table's multipliers move by at most 1.3 % (issue 18).
+    for depth in (8, 12, 24):
+        extra = archscale_param_count(depth, heads_per_layer=2) - archscale_param_count(depth)
+        assert extra == 2 * (128 * depth) * depth * depth * 128
+        ratio = (transfer_factor(BASE, family_scale(depth, heads_per_layer=2))
+                 / transfer_factor(BASE, family_scale(depth)))
+        assert abs(ratio - 1) <= 0.013

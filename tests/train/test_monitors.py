@@ -54,7 +54,7 @@ def _attn_reference(attn, x: torch.Tensor) -> tuple[np.ndarray, float]:
     top = -np.inf
     for bi in range(b):
         for hi in range(h):
-            s = q[bi, hi] @ k[bi, hi // group].T / math.sqrt(d)
+            s = q[bi, hi] @ k[bi, hi // group].T * attn.scale
             s[np.triu_indices(t, 1)] = -np.inf
             lse[bi, hi] = np.log(np.exp(s).sum(-1))
             top = max(top, s[np.isfinite(s)].max())

@@ -5,7 +5,7 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
 - Z-values: ``monitor/z_logits_mean``, ``monitor/z_logits_max`` (output-logit logsumexp per token),
   ``monitor/z_router/layer_XX`` (mean LSE² of router logits), ``monitor/z_router_max/layer_XX`` (max LSE),
   ``monitor/z_attn/layer_XX`` (mean over tokens and heads of LSE² of the causal scaled attention logits),
-  ``monitor/attn_logit_max/layer_XX`` (max q·k/√d, Megatron's QK-clip monitor).
+  ``monitor/attn_logit_max/layer_XX`` (max scale·q·k, Megatron's QK-clip monitor).
 - Output RMS: ``monitor/rms/attn/layer_XX``, ``monitor/rms/mlp/layer_XX`` (branch outputs after the residual
   multiplier), ``monitor/rms/layer_XX`` (residual stream after the block), ``monitor/rms/final`` (after the final norm).
 - Outliers, on the residual stream (``resid``) and the MLP/MoE input (``mlp_in``):

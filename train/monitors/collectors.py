@@ -84,7 +84,7 @@ class ActivationCollector:
             b, t = x.shape[0], x.shape[1]
             seqs = x[: min(b, max(1, self.sample // t))]
             q, k = attn.queries_keys(seqs)
-            z, top = S.attention_logit_stats(q[..., t - min(t, self.sample):, :], k)
+            z, top = S.attention_logit_stats(q[..., t - min(t, self.sample):, :], k, attn.scale)
             self.stats[f"monitor/z_attn/{tag}"] = z
             self.stats[f"monitor/attn_logit_max/{tag}"] = top
         return hook

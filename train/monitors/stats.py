@@ -106,8 +106,8 @@ def token_outlier_pct(x: Tensor, sigmas: float = 5.0) -> Tensor:
     return ((x - mu).abs() > sigmas * sd).to(x.dtype).mean() * 100.0
 
 
-def attention_logit_stats(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """Attention Z-value and max logit of causal scaled logits s = q·kᵀ/√d.
+def attention_logit_stats(q: Tensor, k: Tensor, scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Attention Z-value and max logit of causal scaled logits s = scale·q·kᵀ (scale None → 1/√d).
 
     ``q`` (B, H, Tq, d) are the *last* Tq positions of sequences whose keys ``k`` (B, H_kv, Tk, d) cover all
     positions (Tq ≤ Tk); kv heads are shared by H/H_kv consecutive query heads (GQA, as SDPA's ``enable_gqa``).
@@ -118,7 +118,7 @@ def attention_logit_stats(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     if h != h_kv:
         k = k.repeat_interleave(h // h_kv, dim=1)
     tq, tk = q.shape[-2], k.shape[-2]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-1, -2) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
     qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
     allowed = torch.arange(tk, device=q.device)[None, :] <= qpos
     scores = scores.masked_fill(~allowed, float("-inf"))
