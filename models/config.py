@@ -50,6 +50,10 @@ class ModelConfig:
     attn_scale: float | None = None  # None → √128/head_dim (hyperp) | 1/√head_dim (standard)
     gated_attn: bool = False
     logit_scale: float = 1.0
+    # Qwen3's RMSNorm on each head's q and k bounds the attention logits (|q·k|/√d ≤ √d·g_q·g_k); off = the
+    # pre-Qwen3 attention whose logits can grow without bound at a high lr (Dehghani et al. 2023, Wortsman et al.
+    # 2023): the instability suite's attention-logit-growth runs (benchmarks/experiments/instability.py).
+    qk_norm: bool = True
     parameterization: Parameterization = "hyperp"
     residual_multiplier: float | None = None  # None → derived from the parameterization
     init_std: float = 0.02  # "standard" only: std of every weight

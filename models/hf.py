@@ -72,6 +72,9 @@ def hf_config(cfg: ModelConfig, remote: bool = False):  # -> transformers.PreTra
     """
     from transformers import Qwen3Config, Qwen3MoeConfig
 
+    if not cfg.qk_norm:  # every Qwen3 attention normalizes q and k; there is no switch to map it to
+        raise ConfigError("model.qk_norm=false has no transformers Qwen3 equivalent (its attention always has q/k norms)")
+
     common = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden,

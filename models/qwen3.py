@@ -77,8 +77,8 @@ class Attention(nn.Module):
         self.v_proj = _linear(cfg.hidden, cfg.n_kv_heads * hd)
         self.o_proj = _linear(cfg.n_heads * hd, cfg.hidden)
         self.g_proj = _linear(cfg.hidden, cfg.n_heads) if cfg.gated_attn else None
-        self.q_norm = RMSNorm(hd, cfg.resolved_norm_eps)
-        self.k_norm = RMSNorm(hd, cfg.resolved_norm_eps)
+        self.q_norm = RMSNorm(hd, cfg.resolved_norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(hd, cfg.resolved_norm_eps) if cfg.qk_norm else nn.Identity()
         self.rotary = Rotary(hd, cfg.max_seq_len, cfg.resolved_rope_theta)
 
     def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:

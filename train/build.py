@@ -47,6 +47,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def run_device(cfg: RunConfig, env: DistEnv = DistEnv()) -> torch.device:
+    """The device this process trains on (its local GPU under torchrun)."""
+    return device_for(env, resolve_device(cfg.train.device))
+
+
 def uses_bf16(cfg: RunConfig, device: torch.device) -> bool:
     """bf16 autocast on CUDA (``dtype = "auto"`` or ``"bfloat16"``); fp32 elsewhere or when asked."""
     return cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and device.type == "cuda")
@@ -65,7 +70,7 @@ def param_dtype(cfg: RunConfig) -> torch.dtype:
 
 def build_components(cfg: RunConfig, env: DistEnv = DistEnv()) -> Components:
     seed_everything(cfg.train.seed)
-    device = device_for(env, resolve_device(cfg.train.device))
+    device = run_device(cfg, env)
     if not env.is_main:
         env.barrier()  # rank 0 prepares (tokenizes, caches) first; the others then read its cache
     data = prepare(cfg.data)

@@ -15,8 +15,12 @@ Both are written the same way: into a temporary directory, every file fsync'd, `
 the SHA-256 and size of every file) last, then renamed into place (atomic on POSIX), so a crash or kill at any
 moment leaves the previous set or the new one, never a half checkpoint that looks valid. Every destructive change is
 a rename first and a delete second (re-saving a step, pruning to the newest ``keep``). Resume takes the newest
-checkpoint whose files all verify, refuses one written for another model (naming the first differing key) before
+checkpoint whose files all verify (or a step asked for), checks the config key by key (:mod:`train.resume`) before
 anything is changed, and restores every state and every RNG (Python, NumPy, torch CPU and CUDA).
+
+Recovery after a divergence: the checkpoint before a loss spike or a non-finite streak is *pinned*
+(``checkpoints/pins.json``; pruning skips it), and the checkpoint saved when such a divergence stops the run names it
+(``rollback_to``), so a plain resume starts from the pinned state rather than the poisoned one.
 
 What goes into the files and how they are read back is :mod:`train.serialization`: tensors and plain data only,
 loaded without running code (``weights_only``, a restricted DCP reader) and memory-mapped rather than read.
@@ -24,6 +28,7 @@ loaded without running code (``weights_only``, a restricted DCP reader) and memo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +36,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,13 +48,16 @@ from hyperp.optim import CompositeOptimizer
 from hyperp.optim.sharded import is_sharded
 from train import serialization
 from train.distributed import DistEnv
-from train.errors import CheckpointError
+from train.errors import CheckpointError, naming
+from train.resume import check_resume
 
 FORMAT_VERSION = 1  # the single-file manifest's "format"
 SHARDED_FORMAT = "dcp"
 TENSOR_STATES = ("model", "optimizer")  # what the sharded storage writes through torch.distributed.checkpoint
 STATE_FILE, TRAINER_FILE, MANIFEST = "state.pt", "trainer.pt", "manifest.json"
-_PREFIX = "step_"
+ROLLBACK = "rollback_to"  # a checkpoint's entry naming the checkpoint a plain resume of it starts from
+PINS = "pins.json"  # checkpoints/pins.json: {step: why} of checkpoints that pruning never deletes
+_PREFIX, _REJECTED = "step_", "rejected-"
 _T = TypeVar("_T")
 
 
@@ -110,8 +119,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def _step_of(path: Path) -> int:
+    """The step of ``step_000012`` (and of ``rejected-step_000012-<pid>``); -1 for any other name."""
+    name = path.name.removeprefix(_REJECTED)
     try:
-        return int(path.name[len(_PREFIX):])
+        return int(name[len(_PREFIX):].split("-")[0])
     except ValueError:
         return -1
 
@@ -130,13 +141,17 @@ def _publish(tmp: Path, step: int, keep: int) -> Path:
     A kill at any moment leaves each ``step_*`` directory complete or absent: re-saving a step moves the old copy
     aside before the new one lands, and pruned checkpoints leave the ``step_*`` namespace before they are deleted.
     Checkpoints *newer* than ``step`` belong to a timeline abandoned by a resume that fell back past them (they failed
-    verification); they are renamed ``rejected-step_*`` so they can neither shadow nor evict this one.
+    verification) or rolled back (``--resume-from``, a divergence); they are renamed ``rejected-step_*`` so they can
+    neither shadow nor evict this one, and pruned once a checkpoint of their age would be.
     """
     root = tmp.parent
     final = root / f"{_PREFIX}{step:06d}"
-    for newer in list_checkpoints(root.parent):
-        if _step_of(newer) > step:
-            os.rename(newer, root / f"rejected-{newer.name}-{os.getpid()}")
+    rejected = [newer for newer in list_checkpoints(root.parent) if _step_of(newer) > step]
+    pins = read_pins(root.parent) if rejected else None
+    if pins is not None:  # a pin on the abandoned timeline must not pin a new checkpoint of the same step
+        _write_pins(root.parent, {s: pin for s, pin in pins.items() if s <= step})
+    for newer in rejected:
+        os.rename(newer, _unused(root / f"{_REJECTED}{newer.name}-{os.getpid()}"))
     old = root / f".old-{_PREFIX}{step:06d}-{os.getpid()}"
     if final.exists():  # re-saving the same step (e.g. stop right after a periodic save): swap, then delete
         os.rename(final, old)
@@ -147,8 +162,25 @@ def _publish(tmp: Path, step: int, keep: int) -> Path:
     return final
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-1``, ``path-2``…: a step can be abandoned twice by one process (two rollbacks past it)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def _prune(root: Path, keep: int) -> None:
-    for path in list_checkpoints(root.parent)[:-keep]:
+    """Keep the newest ``keep`` unpinned checkpoints (pinned ones are never pruned, see :func:`pin_before`), and the
+    ``rejected-step_*`` of an abandoned timeline as long as a checkpoint of their age would be kept."""
+    pins = read_pins(root.parent)
+    if pins is None:  # unreadable pins.json (warned): deleting nothing is the safe side
+        return
+    unpinned = [p for p in list_checkpoints(root.parent) if _step_of(p) not in pins]
+    oldest_kept = _step_of(unpinned[-keep]) if len(unpinned) >= keep else -1
+    rejected = [p for p in root.glob(f"{_REJECTED}{_PREFIX}*") if _step_of(p) < oldest_kept]
+    for path in [*unpinned[:-keep], *rejected]:
         trash = root / f".trash-{path.name}-{os.getpid()}"
         os.rename(path, trash)  # out of the step_* namespace first: a kill mid-delete leaves no half checkpoint
         shutil.rmtree(trash, ignore_errors=True)
@@ -157,6 +189,71 @@ def _prune(root: Path, keep: int) -> None:
     for stale in root.glob(f".tmp-{_PREFIX}*"):  # leftovers of a killed save (not one this process is writing)
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ pins
+
+
+def _pins_path(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / PINS
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Why a checkpoint is pinned: ``why`` (an alarm name, "non-finite loss or gradient") happened at step ``at``."""
+
+    why: str
+    at: int
+
+
+def read_pins(run_dir: Path) -> dict[int, Pin] | None:
+    """``{checkpoint step: Pin}`` (``{}`` when none; None, with a warning, when pins.json is corrupt)."""
+    path = _pins_path(run_dir)
+    try:
+        return {int(step): Pin(str(pin["why"]), int(pin["at"])) for step, pin in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        warnings.warn(f"{path} is unreadable: no checkpoint is pruned until it is fixed or removed", stacklevel=2)
+        return None
+
+
+def _newest_before(run_dir: Path, step: int) -> int | None:
+    older = [s for s in map(_step_of, list_checkpoints(run_dir)) if s < step - 1]
+    return older[-1] if older else None
+
+
+def pin_before(run_dir: Path, step: int, why: str, keep_pinned: int) -> int | None:
+    """Pin the newest checkpoint whose weights precede those that produced step ``step``'s metrics (a checkpoint
+    older than step ``step - 1``): later saves never prune it. Only the newest ``keep_pinned`` pins are kept.
+
+    Step ``step``'s loss is computed with the weights of step ``step - 1``, so a spike or a non-finite value at
+    ``step`` condemns checkpoint ``step - 1`` too. Returns the pinned step, or None when no such checkpoint exists.
+    """
+    target, pins = _newest_before(run_dir, step), read_pins(run_dir)
+    if target is None or pins is None:
+        return None
+    pins.setdefault(target, Pin(why, step))
+    _write_pins(run_dir, {s: pins[s] for s in sorted(pins)[-keep_pinned:]})
+    return target
+
+
+def rollback_point(run_dir: Path, step: int, window: int) -> int | None:
+    """Where a run that diverged at step ``step`` rolls back to: the checkpoint pinned before the *earliest* spike or
+    non-finite step within the last ``window`` steps — a loss spike a few steps before a non-finite streak is the
+    same incident, and the checkpoint before the streak already holds the damage (the runs of issue 22 did)."""
+    pins = read_pins(run_dir) or {}
+    recent = [s for s, pin in pins.items() if step - window <= pin.at <= step]
+    return min(recent) if recent else None
+
+
+def _write_pins(run_dir: Path, pins: dict[int, Pin]) -> None:
+    path = _pins_path(run_dir)
+    if pins:
+        data = {str(s): dataclasses.asdict(pin) for s, pin in sorted(pins.items())}
+        write_atomic(path, json.dumps(data, indent=1).encode())
+    elif path.exists():
+        path.unlink()
 
 
 def _fresh_tmp(run_dir: Path, step: int, tag: str) -> Path:
@@ -360,34 +457,65 @@ class RNGState:
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
+@dataclass
+class Resumed:
+    """What :meth:`Checkpointer.resume` loaded and what differs from the checkpoint."""
+
+    path: Path
+    changes: list[str]  # "optim.lr 0.02 → 0.0002" per changed config key, then effective peak lrs that changed
+    rolled_back: bool  # an older checkpoint than the newest: the newer ones are an abandoned timeline
+    why: str | None = None  # why the newest checkpoint was not the one loaded, when the checkpoint decided
+
+
 class Checkpointer:
     """Saves and resumes ``states`` (name → Stateful; ``model`` and ``optimizer`` required) with the run ``config``.
 
     Single-file storage in a plain process, sharded storage under torchrun (``env.active``); resume reads either.
+    The config decides the optimizer's hyperparameters (lr, betas, …), the checkpoint its state (moments, radii):
+    see :mod:`train.resume` for which config keys may differ from the checkpoint's.
     """
 
     def __init__(self, run_dir: Path, states: dict[str, Stateful], config: dict[str, Any], keep: int,
-                 env: DistEnv = DistEnv(), map_location: str | torch.device = "cpu") -> None:
+                 env: DistEnv = DistEnv(), map_location: str | torch.device = "cpu", keep_pinned: int = 3) -> None:
         self.run_dir, self.states, self.config, self.keep = Path(run_dir), states, config, keep
-        self.env, self.map_location = env, map_location
+        self.env, self.map_location, self.keep_pinned = env, map_location, keep_pinned
         self.model: nn.Module = states["model"]  # type: ignore[assignment]
         self.optimizer: CompositeOptimizer = states["optimizer"]  # type: ignore[assignment]
+        self.rollback_to: int | None = None  # saved with each checkpoint: where a plain resume of it starts
 
     def save(self, step: int) -> Path:
-        plain = {"config": self.config} | {k: s.state_dict() for k, s in self.states.items() if k not in TENSOR_STATES}
-        if self.env.active:
-            return save_sharded(self.run_dir, step, plain, self.model, self.optimizer, self.env, self.keep)
-        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-        return save(self.run_dir, step, plain | tensors, self.keep)
+        plain = {"config": self.config, ROLLBACK: self.rollback_to}
+        plain |= {k: s.state_dict() for k, s in self.states.items() if k not in TENSOR_STATES}
+        with naming(checkpoint_dir(self.run_dir)):  # a full disk names the folder it could not write
+            if self.env.active:
+                return save_sharded(self.run_dir, step, plain, self.model, self.optimizer, self.env, self.keep)
+            tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            return save(self.run_dir, step, plain | tensors, self.keep)
 
-    def resume(self) -> Path:
-        """Load the newest valid checkpoint; a mismatch → one-line CheckpointError before anything is changed."""
-        path, plain = _newest_valid(self.run_dir, self._read, warn=self.env.is_main)
-        self._check_config(path, plain)
+    def pin_before(self, step: int, why: str) -> int | None:
+        """Pin the newest checkpoint older than the weights that produced step ``step`` (:func:`pin_before`)."""
+        if self.env.is_main:
+            return pin_before(self.run_dir, step, why, self.keep_pinned)
+        return _newest_before(self.run_dir, step)  # rank 0 writes pins.json
+
+    def roll_back_on_resume(self, step: int, window: int) -> int | None:
+        """The run diverged at ``step``: checkpoints saved from now on send a plain resume to the rollback point."""
+        self.rollback_to = rollback_point(self.run_dir, step, window)
+        return self.rollback_to
+
+    def resume(self, step: int | None = None) -> Resumed:
+        """Load checkpoint ``step`` (None: the newest valid one, or the checkpoint it says to roll back to); a
+        mismatching config → one line naming the key, before anything is changed (:func:`train.resume.check_resume`)."""
+        path, plain, why = self._select(step)
+        try:
+            changes = [str(c) for c in check_resume(plain["config"], self.config, f"checkpoint {path}")]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
         sharded = is_sharded_checkpoint(path)
         if not sharded and any(is_sharded(p) for p in self.model.parameters()):
             raise CheckpointError("train.parallel='fsdp' and train.expert_parallel > 1 resume only distributed "
                                   "checkpoints; resume this one with ddp and no expert parallelism")
+        configured = _hyperparameters(self.optimizer)
         try:
             if sharded:
                 load_sharded(path, self.model, self.optimizer)
@@ -398,35 +526,57 @@ class Checkpointer:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise _does_not_fit(path, err) from None
-        return path
+        changes += _peak_lr_changes(_hyperparameters(self.optimizer), configured)
+        for group, settings in zip(self.optimizer.param_groups, configured, strict=True):
+            group.update(settings)  # torch's load_state_dict restored the checkpoint's lr, betas, …: the config wins
+        newest = max(map(_step_of, list_checkpoints(self.run_dir)))
+        return Resumed(path, changes, _step_of(path) < newest, why)
 
     def _read(self, path: Path) -> dict[str, Any]:
         return read_sharded(path) if is_sharded_checkpoint(path) else load(path, self.map_location)
 
-    def _check_config(self, path: Path, plain: dict[str, Any]) -> None:
+    def _select(self, step: int | None) -> tuple[Path, dict[str, Any], str | None]:
+        """Checkpoint ``step`` as asked; else the newest valid one, unless it stopped a diverging run and names the
+        pinned checkpoint to roll back to (:attr:`rollback_to`) — that one then, if it still verifies."""
+        if step is not None:
+            path = checkpoint_dir(self.run_dir) / f"{_PREFIX}{step:06d}"
+            kept = [_step_of(p) for p in list_checkpoints(self.run_dir)]
+            if step not in kept:
+                raise CheckpointError(f"--resume-from {step}: no checkpoint {path.name} in {path.parent} "
+                                      f"(kept: {', '.join(map(str, kept)) or 'none'})")
+            return path, self._read(path), None
+        newest, plain = _newest_valid(self.run_dir, self._read, warn=self.env.is_main)
+        target = plain.get(ROLLBACK)
+        if target is None:
+            return newest, plain, None
+        path = checkpoint_dir(self.run_dir) / f"{_PREFIX}{target:06d}"
         try:
-            saved = plain["config"]["model"]
-        except (KeyError, TypeError):
-            raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
-        diff = _first_difference(saved, self.config["model"], "model")
-        if diff is not None:
-            raise CheckpointError(f"checkpoint {path} was written for a different model config than this run's: {diff}")
+            rolled = self._read(path)
+        except CheckpointError as err:
+            if self.env.is_main:
+                warnings.warn(f"cannot roll back to step {target} ({err}); resuming the stopped state", stacklevel=2)
+            return newest, plain, None
+        return path, rolled, (f"rolled back to step {target}, the last checkpoint before the divergence that stopped "
+                              f"the run ({newest.name} is the stopped state: --resume-from {_step_of(newest)} "
+                              f"continues it)")
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Every group's settings but its parameters (what the config decides)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _peak_lr_changes(loaded: list[dict[str, Any]], configured: list[dict[str, Any]]) -> list[str]:
+    """``"peak lr sphere 0.02 → 0.0002"`` for each group whose peak lr (the schedule's ``base_lr``) the config changes:
+    it moves with optim.lr and with whatever HyperP derives it from (max_steps, the [hyperp] base)."""
+    return [f"peak lr {new.get('name', i)} {old['base_lr']!r} → {new['base_lr']!r}"
+            for i, (old, new) in enumerate(zip(loaded, configured, strict=True))
+            if "base_lr" in new and old.get("base_lr") != new["base_lr"]]
 
 
 def _does_not_fit(path: Path, err: BaseException) -> CheckpointError:
     first = (str(err).strip().splitlines() or [""])[0][:200]  # torch's load_state_dict messages span lines
     return CheckpointError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {first})")
-
-
-def _first_difference(saved: Any, current: Any, key: str) -> str | None:
-    """``"model.hidden: checkpoint 32, this run 64"`` for the first differing config key, else None."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for k in sorted(set(saved) | set(current)):
-            diff = _first_difference(saved.get(k), current.get(k), f"{key}.{k}")
-            if diff is not None:
-                return diff
-        return None
-    return None if saved == current else f"{key}: checkpoint {saved!r}, this run {current!r}"
 
 
 def load_model_from_run(run_dir: Path, map_location: str = "cpu"):  # -> tuple[Qwen3, Tokenizer | None]

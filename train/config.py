@@ -38,7 +38,8 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 8
     ckpt_every: int = 100
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the newest N are kept, plus the pinned ones (the last before a spike or divergence)
+    keep_pinned: int = 3  # pinned checkpoints kept (the newest N pins)
     log_every: int = 10
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -56,7 +57,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
-                     "keep_checkpoints", "log_every", "max_nonfinite", "expert_parallel"):
+                     "keep_checkpoints", "keep_pinned", "log_every", "max_nonfinite",
+                     "expert_parallel"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:

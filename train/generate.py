@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from hyperp.errors import ConfigError, HyperpError
+from hyperp.errors import ConfigError
 from models.qwen3 import Qwen3
+from train.cli import run_cli, utf8_path
 
 
 @torch.no_grad()
@@ -43,22 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.max_new_tokens < 1 or args.temperature < 0 or args.top_k < 1:
             raise ConfigError("--max-new-tokens and --top-k must be >= 1 and --temperature >= 0")
         from train.checkpoint import load_model_from_run
 
-        model, tokenizer = load_model_from_run(Path(args.run))
+        model, tokenizer = load_model_from_run(utf8_path("--run", args.run))
         if tokenizer is None:
             raise ConfigError(f"run {args.run} has no saved tokenizer (trained on pre-tokenized data)")
         ids = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
         gen = torch.Generator().manual_seed(args.seed)
         out = sample(model, ids, args.max_new_tokens, args.temperature, args.top_k, tokenizer.eos_id, gen)
         print(tokenizer.decode(out))
-    except HyperpError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

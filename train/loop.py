@@ -19,7 +19,7 @@ import torch
 
 from train import distributed
 from train.build import Components, uses_bf16
-from train.checkpoint import Checkpointer, RNGState
+from train.checkpoint import Checkpointer, Resumed, RNGState
 from train.config import RunConfig
 from train.metrics import MetricsLogger
 from train.mfu import MFU
@@ -87,15 +87,29 @@ class Trainer:
                                                   self.dist.rank, self.dist.world_size)
         self.state = TrainState()
         self.stop_reason: str | None = None
+        self.resumed: Resumed | None = None
         self.logger = MetricsLogger.for_run(cfg, self.run_dir, self.dist)
         self.mfu = MFU(self.model, cfg.data.seq_len, self.device, uses_bf16(cfg, self.device), self.dist.world_size)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
                   "callbacks": _CallbackStates(callbacks), "rng": RNGState()}
         self.checkpointer = Checkpointer(self.run_dir, states, cfg.to_dict(), cfg.train.keep_checkpoints, self.dist,
-                                         map_location=self.device)
+                                         map_location=self.device, keep_pinned=cfg.train.keep_pinned)
 
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+    def request_stop(self, reason: str, roll_back: bool = False) -> None:
+        """Stop after this step with a checkpoint. ``roll_back``: the run diverged, so that checkpoint sends a plain
+        ``--resume`` to the rollback point (:meth:`mark_rollback`) instead of continuing the stopped state."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            if roll_back:
+                window = max(self.cfg.monitor.spike_window, self.cfg.train.max_nonfinite)  # at least the streak
+                self.checkpointer.roll_back_on_resume(self.state.step, window)
+
+    def mark_rollback(self, step: int, why: str) -> int | None:
+        """For alarms: pin the newest checkpoint older than the weights that produced step ``step``'s metrics as a
+        rollback point; a divergence stop (``request_stop(…, roll_back=True)``) sends ``--resume`` to the earliest
+        such point within ``monitor.spike_window`` steps (:func:`train.checkpoint.rollback_point`). Returns the pinned
+        step, None when no checkpoint precedes it."""
+        return self.checkpointer.pin_before(step, why)
 
     # The trainer is one of the checkpointed Stateful objects: its counters.
     def state_dict(self) -> dict[str, Any]:
@@ -142,6 +156,8 @@ class Trainer:
         else:
             self.state.skipped_steps += 1
             self.state.nonfinite_streak += 1
+            if self.state.nonfinite_streak == 1:  # keep the way back before later saves could prune it
+                self.mark_rollback(step + 1, "non-finite loss or gradient")
             self._log_skipped(step + 1, float(sums["total"]), float(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)  # also drops a skipped step's (non-finite) accumulated grads
         self.state.step += 1
@@ -157,7 +173,7 @@ class Trainer:
             self.request_stop(
                 f"{self.state.nonfinite_streak} consecutive non-finite steps (loss or gradient) up to step "
                 f"{self.state.step} (train.max_nonfinite={cfg.max_nonfinite}); model and optimizer are those of the "
-                f"last good step {self.state.step - self.state.nonfinite_streak}"
+                f"last good step {self.state.step - self.state.nonfinite_streak}", roll_back=True
             )
         return metrics
 
@@ -185,7 +201,9 @@ class Trainer:
         """Train to ``train.max_steps`` (or pause at ``until_step`` with a checkpoint; the schedule is unchanged)."""
         t = self.cfg.train
         last = t.max_steps if until_step is None else min(until_step, t.max_steps)
-        self.logger.open(self.state.step)
+        rolled_back = self.resumed is not None and self.resumed.rolled_back
+        self.logger.open(self.state.step, keep_dropped=rolled_back)
+        self._log_config_changes()
         for cb in self.callbacks:
             cb.on_train_start(self)
         try:
@@ -224,6 +242,18 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         return self.checkpointer.save(self.state.step)  # collective under torchrun
 
-    def resume(self) -> Path:
-        """Continue from the newest valid checkpoint (:meth:`train.checkpoint.Checkpointer.resume`)."""
-        return self.checkpointer.resume()
+    def resume(self, step: int | None = None) -> Resumed:
+        """Continue from checkpoint ``step``, or the newest valid one (:meth:`train.checkpoint.Checkpointer.resume`)."""
+        self.resumed = self.checkpointer.resume(step)
+        if self.state.nonfinite_streak >= self.cfg.train.max_nonfinite:
+            self.state.nonfinite_streak = 0  # resuming the stopped state: a fresh allowance, not one more NaN step
+        return self.resumed
+
+    def _log_config_changes(self) -> None:
+        """What this resume changed (train.resume: keys that may change) — on stdout and as a metrics event."""
+        if self.resumed is None or not self.resumed.changes:
+            return
+        first = self.state.step + 1  # logged at the first step that trains with them: a rollback past it drops it
+        if self.dist.is_main:
+            print(f"resumed with changes from step {first} on: {', '.join(self.resumed.changes)}", flush=True)
+        self.logger.event({"step": first, "event": "config_change", "changes": self.resumed.changes})

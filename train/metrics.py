@@ -23,6 +23,7 @@ from hyperp.errors import ConfigError
 from train.checkpoint import write_atomic
 from train.config import RunConfig
 from train.distributed import DistEnv
+from train.errors import naming
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,7 +67,8 @@ class MetricsLogger:
     """``metrics.jsonl`` (every ``every`` steps, the last step, monitor steps, evaluations, events) + wandb.
 
     ``path=None`` logs nothing (ranks other than 0). On resume, :meth:`open` first drops the records past the resumed
-    step, so the file reads as one uninterrupted run.
+    step, so the file reads as one uninterrupted run; after a rollback they are moved to ``metrics.abandoned.jsonl``
+    (the diverged stretch, its alarms and skipped steps stay readable).
     """
 
     def __init__(self, path: Path | None, every: int, last_step: int, wandb: Callable[[], _Wandb] | None = None) -> None:
@@ -81,24 +83,26 @@ class MetricsLogger:
         wandb = (lambda: _Wandb(cfg, Path(run_dir))) if _wandb_wanted(cfg.log.wandb) else None
         return cls(Path(run_dir) / "metrics.jsonl", cfg.train.log_every, cfg.train.max_steps, wandb)
 
-    def open(self, resumed_step: int) -> None:
+    def open(self, resumed_step: int, keep_dropped: bool = False) -> None:
         if self.path is None:
             return
-        self._truncate_after(resumed_step)
+        self._truncate_after(resumed_step, self.path.with_name("metrics.abandoned.jsonl") if keep_dropped else None)
         self._fh = open(self.path, "a", buffering=1)
         if self._wandb_factory is not None:
             self._wandb = self._wandb_factory()
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int, dropped_to: Path | None) -> None:
         if not self.path.exists():
             return
-        kept = []
+        kept, dropped = [], []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                (kept if json.loads(line).get("step", 0) <= step else dropped).append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
+        if dropped and dropped_to is not None:  # appended before the rewrite: a kill in between duplicates, never loses
+            with open(dropped_to, "a") as fh:
+                fh.write("".join(line + "\n" for line in dropped))
         write_atomic(self.path, "".join(line + "\n" for line in kept).encode())  # a kill mid-rewrite loses nothing
 
     def event(self, record: dict[str, Any]) -> None:
@@ -107,7 +111,8 @@ class MetricsLogger:
             return
         if self._fh is None:  # an event before open(): a step run outside fit()
             self._fh = open(self.path, "a", buffering=1)
-        self._fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        with naming(self.path):  # a full disk names the file
+            self._fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         if step % self.every == 0 or step == self.last_step or any(k.startswith("monitor/") for k in metrics):

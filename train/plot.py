@@ -25,6 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from train.cli import output_dir, run_cli  # noqa: E402
+from train.errors import DataError  # noqa: E402
+
 # family → metric globs (a metric goes to the first family that matches)
 FAMILIES: dict[str, tuple[str, ...]] = {
     "loss": ("train/loss", "val/loss", "moe/aux_loss", "moe/z_loss"),
@@ -62,7 +65,7 @@ def _float(v: object) -> float | None:
 def load_run(path: Path, name: str | None = None) -> Run:
     file = Path(path) / "metrics.jsonl"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found (is {path} a run directory?)")
+        raise DataError(f"{file} not found (is {path} a run directory?)")
     run = Run(name or Path(path).resolve().name, Path(path))
     data: dict[str, dict[int, float]] = defaultdict(dict)
     for line in file.read_text().splitlines():
@@ -270,14 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="only metrics matching these globs, e.g. 'monitor/z_*' 'train/loss'")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/plots of the first run)")
     args = parser.parse_args(argv)
-    try:
-        written = plot_runs(args.runs, args.out or args.runs[0] / "plots", args.metrics)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for p in written:
-        print(p)
-    return 0
+
+    def command() -> None:
+        out = output_dir("--out", args.out or args.runs[0] / "plots")
+        for p in plot_runs(args.runs, out, args.metrics):
+            print(p)
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

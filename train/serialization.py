@@ -40,7 +40,7 @@ import enum
 import hashlib
 import pickle
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,24 +113,41 @@ def _qualname(kind: type) -> str:
 
 
 class _HashingWriter:
-    """What ``torch.save`` writes to (it needs ``write`` and ``flush``): the file, and its SHA-256 on the way."""
+    """What ``torch.save`` writes to (it needs ``write`` and ``flush``): the file, and its SHA-256 on the way.
+
+    It keeps the first OSError of the file: torch's zip writer swallows it and fails later with a RuntimeError
+    ("unexpected pos …") that names neither the reason nor the file (a full disk must say both, issue 22 (8))."""
 
     def __init__(self, file: IO[bytes]) -> None:
         self.file, self.digest, self.size = file, hashlib.sha256(), 0
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.file.write(data)
+        return self._checked(self.file.write, data)
 
     def flush(self) -> None:
-        self.file.flush()
+        self._checked(self.file.flush)
+
+    def _checked(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return call(*args)
+        except OSError as err:
+            self.error = self.error or err
+            raise
 
 
 def dump(obj: Any, file: IO[bytes]) -> dict[str, Any]:
-    """``torch.save`` plain ``obj`` into the open ``file``; returns its manifest entry (SHA-256 and size)."""
+    """``torch.save`` plain ``obj`` into the open ``file``; returns its manifest entry (SHA-256 and size). A failed
+    write raises the file's OSError (e.g. ENOSPC), not torch's RuntimeError about it."""
     writer = _HashingWriter(file)
-    torch.save(plain(obj), writer)  # type: ignore[arg-type] - a file-like with write/flush
+    try:
+        torch.save(plain(obj), writer)  # type: ignore[arg-type] - a file-like with write/flush
+    except RuntimeError:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
     return {"sha256": writer.digest.hexdigest(), "bytes": writer.size}
 
 

@@ -114,3 +114,31 @@ def test_bad_config_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as info:
         tiny(**kw)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qk_norm_bounds_attention_logits_against_weight_growth(qk_norm: bool) -> None:
+    """Scaling W_q and W_k by 10: with q/k RMSNorm the logits q·k are unchanged (RMSNorm is scale-invariant up to
+    eps; fp64 and eps 1e-30 leave only rounding), without it they grow 10 × 10 = 100× (q, k and RoPE are linear)."""
+    torch.manual_seed(0)
+    model = Qwen3(tiny(qk_norm=qk_norm, norm_eps=1e-30)).double()
+    attn = model.layers[0].attn
+    x = torch.randn(2, 8, 64, dtype=torch.float64)
+
+    def logits() -> torch.Tensor:
+        q, k = attn.queries_keys(x)
+        return q @ k.repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1).transpose(-1, -2)
+
+    before = logits()
+    with torch.no_grad():
+        attn.q_proj.weight.mul_(10.0)
+        attn.k_proj.weight.mul_(10.0)
+    torch.testing.assert_close(logits(), before if qk_norm else 100.0 * before, rtol=1e-12, atol=0.0)
+    assert any("q_norm" in n for n, _ in model.named_parameters()) == qk_norm
+
+
+def test_qk_norm_off_is_refused_by_transformers_export() -> None:
+    from models.hf import hf_config
+
+    with pytest.raises(ConfigError, match="qk_norm"):
+        hf_config(tiny(qk_norm=False))

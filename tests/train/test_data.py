@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -357,3 +358,25 @@ def test_unigram_entropy_closed_form():
     assert unigram_entropy(tokens) == pytest.approx(expected, rel=1e-12)
     assert unigram_entropy(np.arange(256, dtype=np.uint32)) == pytest.approx(math.log(256))
     assert unigram_entropy(np.array([7, 7, 7], dtype=np.uint16)) == 0.0
+
+
+def test_repeat_token_at_replaces_exactly_those_steps(prepared):
+    """data.repeat_token_at (the instability suite's bad batch): at the listed 1-based optimizer steps every window is
+    its first token repeated; every other step is the unchanged batch."""
+    data, _ = prepared
+    injected = dataclasses.replace(data, config=dataclasses.replace(data.config, repeat_token_at=(3,)))
+    clean, bad = data.sampler(4, grad_accum=2), injected.sampler(4, grad_accum=2)
+    for step in range(5):
+        for micro in range(2):
+            (x, y), (bx, by) = clean.batch_at(step, micro), bad.batch_at(step, micro)
+            if step + 1 == 3:  # batch_at takes the 0-based count of completed steps
+                first = x[:, :1]
+                assert torch.equal(bx, first.expand_as(x)) and torch.equal(by, first.expand_as(y))
+            else:
+                assert torch.equal(bx, x) and torch.equal(by, y)
+
+
+@pytest.mark.parametrize("steps", [(0,), (-2,), (True,), (2.5,)])
+def test_repeat_token_at_refuses_bad_steps(tmp_path, steps):
+    with pytest.raises(ConfigError, match="data.repeat_token_at"):
+        cfg_for(tmp_path, repeat_token_at=steps)

@@ -326,11 +326,20 @@ def test_alarm_state_round_trips_for_exact_resume(tmp_path: Path) -> None:
 
 
 class _FakeTrainer:
+    """The trainer API the monitors call: stop requests and rollback points (train.loop.Trainer)."""
+
     def __init__(self, callbacks: list[Callback], logger: MetricsLogger) -> None:
         self.callbacks, self.logger, self.stop_reason = callbacks, logger, None
+        self.rollback_marks: list[tuple[int, str]] = []
+        self.roll_back: bool | None = None
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, roll_back: bool = False) -> None:
         self.stop_reason = self.stop_reason or reason
+        self.roll_back = roll_back
+
+    def mark_rollback(self, step: int, why: str) -> int | None:
+        self.rollback_marks.append((step, why))
+        return None
 
 
 @pytest.mark.parametrize("on_alarm", ["warn", "stop"])
@@ -346,6 +355,19 @@ def test_alarm_is_printed_logged_and_stops_when_asked(tmp_path: Path, capsys, on
     assert records[0]["step"] == 41 and records[0]["value"] == 50.0 and records[0]["threshold"] < 50
     assert "ALARM loss_spike" in capsys.readouterr().err
     assert (trainer.stop_reason is not None) == (on_alarm == "stop")
+    assert trainer.rollback_marks == [(41, "loss_spike")]  # the checkpoint before the spike is kept as a way back
+    assert trainer.roll_back == (True if on_alarm == "stop" else None)  # stopping on it sends --resume there
+
+
+def test_an_early_warning_alarm_pins_the_checkpoint_before_it(tmp_path: Path) -> None:
+    """Issue 26: a growth alarm, not only a loss spike, marks the rollback point (pinned before its step)."""
+    (cb,) = monitor_callbacks(MonitorConfig(every=10, spike_sigma=0.0, alarm_start=10, z_growth=10.0))
+    logger = MetricsLogger(tmp_path / "metrics.jsonl", every=1, last_step=100)
+    trainer = _FakeTrainer([cb], logger)
+    for step in range(10, 30, 2):  # z at 1.0 from step 10 (the baseline), 11.0 (> 10 × 1.0) from step 24
+        cb.on_step_end(trainer, step, {"monitor/z_attn/layer_00": 11.0 if step >= 24 else 1.0})
+    logger.close()
+    assert trainer.rollback_marks == [(24, "z_growth")] and trainer.stop_reason is None
 
 
 # ---------------------------------------------------------------------------------------------- in a real run

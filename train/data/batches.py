@@ -194,6 +194,7 @@ class BatchSampler:
         weights: Sequence[float] | None = None,
         names: Sequence[str] | None = None,
         vocab_size: int | None = None,
+        repeat_token_at: Sequence[int] = (),
     ) -> None:
         if batch_size < 1 or grad_accum < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"bad sampler sharding: batch_size={batch_size} grad_accum={grad_accum} rank={rank} world_size={world_size}")
@@ -206,6 +207,7 @@ class BatchSampler:
                 raise DataError(f"training split of {name} has {w.n_tokens} tokens in segments shorter than "
                                 f"data.seq_len + 1 = {w.seq_len + 1}")
         self.interleave = Interleave(weights if weights is not None else [1.0] * len(self.sources))
+        self.repeat_token_at = frozenset(repeat_token_at)  # data.repeat_token_at: optimizer steps, 1-based
         self.step, self.micro_step = 0, 0
 
     @property
@@ -246,6 +248,8 @@ class BatchSampler:
             rows = source == s
             block[rows] = self.sources[s].gather(windows[rows])
         self._check_ids(block, source)
+        if step + 1 in self.repeat_token_at:
+            block[:] = block[:, :1]  # each window its first token, repeated
         return as_pair(block)
 
     def _check_ids(self, block: np.ndarray, source: np.ndarray) -> None:

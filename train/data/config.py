@@ -70,9 +70,13 @@ class DataConfig:
     sources: tuple[SourceConfig, ...] = ()
     decode_errors: str = "strict"
     prefetch: int = 2
+    # A fault-injection hook (the instability suite's bad batch): at these optimizer steps (1-based) every training
+    # window is its first token repeated, the degenerate batch behind many real loss spikes.
+    repeat_token_at: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.sources = tuple(s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources)
+        self.repeat_token_at = tuple(self.repeat_token_at)
         self.validate()
 
     def validate(self) -> None:
@@ -96,6 +100,8 @@ class DataConfig:
             raise ConfigError("data.doc_separator must be a non-empty string ('blank' = blank lines) or unset")
         if self.decode_errors not in DECODE_ERRORS:
             raise ConfigError(f"data.decode_errors must be one of {', '.join(DECODE_ERRORS)}, got {self.decode_errors!r}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.repeat_token_at):
+            raise ConfigError(f"data.repeat_token_at must list optimizer steps >= 1, got {list(self.repeat_token_at)}")
         self._validate_sources()
 
     def _validate_sources(self) -> None:

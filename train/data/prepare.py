@@ -56,7 +56,7 @@ class PreparedData:
         windows = [Windows(s.train, self.config.seq_len) for s in self.sources]
         return BatchSampler(windows, batch_size, self.config.seed, rank, world_size, grad_accum,
                             weights=[s.weight for s in self.sources], names=[s.name for s in self.sources],
-                            vocab_size=self.vocab_size)
+                            vocab_size=self.vocab_size, repeat_token_at=self.config.repeat_token_at)
 
     def loader(self, batch_size: int, rank: int, world_size: int, grad_accum: int,
                device: torch.device) -> BatchSampler | Prefetcher:

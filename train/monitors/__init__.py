@@ -30,8 +30,10 @@ docs/distributed.md "Monitors under DP and EP").
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
 ``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
 10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``
-(max/mean > 3) and ``aux_below_min`` (aux over its balanced minimum < 0.95), from ``alarm_start`` on. Threshold
-alarms fire once and re-arm when the value comes back.
+(max/mean > 3) and ``aux_below_min`` (aux over its balanced minimum < 0.95), from ``alarm_start`` on, and
+``attn_logit`` (max q·k/√d > 100, from step 1). Threshold alarms fire once and re-arm when the value comes back.
+Every alarm pins the checkpoint before it as a rollback point. Whether they warn before a failure is measured by
+:mod:`train.monitors.lead_time` (benchmarks/results/instability.md).
 """
 
 from __future__ import annotations

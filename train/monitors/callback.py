@@ -96,9 +96,13 @@ class MonitorCallback(Callback):
         self.events.append(alarm)
         print(alarm.message(), file=sys.stderr, flush=True)
         trainer.logger.event(alarm.record())
+        # Every alarm keeps the way back: the checkpoint before it is pinned, so a divergence that follows within
+        # monitor.spike_window steps rolls back to before the first warning (the growth, outlier and expert alarms
+        # come before the failure: benchmarks/results/instability.md), and stopping on an alarm rolls back there.
+        trainer.mark_rollback(alarm.step, alarm.alarm)
         if self.cfg.on_alarm == "stop":
             trainer.request_stop(f"monitor alarm {alarm.alarm}: {alarm.metric} = {alarm.value:.4g} "
-                                 f"> {alarm.threshold:.4g} at step {alarm.step}")
+                                 f"> {alarm.threshold:.4g} at step {alarm.step}", roll_back=True)
 
     # ------------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

@@ -36,6 +36,11 @@ class MonitorConfig:
     # A layer's switch aux loss below this fraction of its balanced minimum (1): the router games the loss
     # (train.monitors.stats.aux_over_min). Honest top-k routing stays near or above 1 once the load is balanced.
     aux_below_min: float = 0.95
+    # Max attention logit q·k/√d of any layer (monitor/attn_logit_max/*), absolute and from step 1: it warned
+    # 16–28 steps before the high-lr failures of the instability suite, where the growth alarms came after (the
+    # logits grow before alarm_start fixes their baseline; benchmarks/results/instability.md). With qk-norm it is
+    # ≤ √d·g_q·g_k (≈ 6 at head_dim 32 with unit gains); 100, tuned there, is also Kimi K2's QK-clip threshold.
+    attn_logit_max: float = 100.0
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -44,6 +49,7 @@ class MonitorConfig:
         for name in ("sample_tokens", "spike_window", "spike_min_history", "alarm_start"):
             if getattr(self, name) < 0 or (name == "sample_tokens" and self.sample_tokens < 1):
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be {'>= 1' if name == 'sample_tokens' else '>= 0'}")
-        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min"):
+        for name in ("spike_sigma", "z_growth", "rms_growth", "outlier_frac", "expert_max_mean", "aux_below_min",
+                     "attn_logit_max"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"monitor.{name}={getattr(self, name)} must be >= 0 (0 disables the alarm)")
