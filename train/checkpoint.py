@@ -508,7 +508,9 @@ class Checkpointer:
         mismatching config → one line naming the key, before anything is changed (:func:`train.resume.check_resume`)."""
         path, plain, why = self._select(step)
         try:
-            changes = [str(c) for c in check_resume(plain["config"], self.config, f"checkpoint {path}")]
+            worlds = (_read_manifest(path).get("world_size", 1) if is_sharded_checkpoint(path) else 1,
+                      self.env.world_size)  # per-rank batch sizes compare as global ones
+            changes = [str(c) for c in check_resume(plain["config"], self.config, f"checkpoint {path}", worlds)]
         except (KeyError, TypeError):
             raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
         sharded = is_sharded_checkpoint(path)

@@ -140,19 +140,33 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str) -> list[ConfigChange]:
+def _global_micro_batch(config: dict[str, Any], world: int) -> dict[str, Any]:
+    """``config`` with ``train.batch_size`` (per rank) × the number of processes: the data position and the
+    micro-batch split depend on that product only, so another world size with the same product is the same run."""
+    train = dict(config.get("train", {}))
+    train["batch_size"] = train.get("batch_size", _default("train.batch_size")) * world
+    return config | {"train": train}
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
+                 worlds: tuple[int, int] = (1, 1)) -> list[ConfigChange]:
     """The ``CHANGE`` keys that differ between the checkpoint's config and this run's; a differing ``MATCH`` or
-    ``FIXED`` key raises one ConfigError line (``where`` names the checkpoint)."""
-    changes = differences(saved, current)
+    ``FIXED`` key raises one ConfigError line (``where`` names the checkpoint). ``worlds``: the checkpoint's and this
+    run's number of processes (``train.batch_size`` is compared as batch_size × processes)."""
+    changes = differences(_global_micro_batch(saved, worlds[0]), _global_micro_batch(current, worlds[1]))
     for change in changes:
         kind, why = rule(change.key)
-        values = f"checkpoint {change.saved!r}, this run {change.current!r}"
+        values, keep = f"checkpoint {change.saved!r}, this run {change.current!r}", repr(change.saved)
+        if change.key == "train.batch_size" and worlds != (1, 1):
+            values = (f"checkpoint {change.saved // worlds[0]} × {worlds[0]} processes, this run "
+                      f"{change.current // worlds[1]} × {worlds[1]}")
+            keep = f"batch_size × processes = {change.saved}"
         if kind is OnResume.MATCH:
             section = change.key.split(".")[0]
             raise ConfigError(
                 f"{where} was written for a different {section} config than this run's: {change.key}: {values} "
                 f"({why}); resume with the checkpoint's value, or start a new run with another --out")
         if kind is OnResume.FIXED:
-            raise ConfigError(f"{where}: {change.key} cannot change on resume ({why}): {values}; keep "
-                              f"{change.saved!r}, or start a new run with another --out")
+            raise ConfigError(f"{where}: {change.key} cannot change on resume ({why}): {values}; keep {keep}, "
+                              "or start a new run with another --out")
     return changes

@@ -14,7 +14,7 @@ from tests.conftest import tiny_overrides
 from tests.runs import argv, assert_one_line_error, records, series
 from train.__main__ import main
 from train.config import RunConfig
-from train.resume import RESUME_RULES, OnResume, differences
+from train.resume import RESUME_RULES, OnResume, check_resume, differences
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
@@ -133,3 +133,20 @@ def test_a_different_tokenizer_under_the_same_settings_is_refused(text_corpus: P
     rc = main(argv(sets, run, "--resume"))
     assert_one_line_error(rc, capsys.readouterr().err, "tokenizer", str(run / "tokenizer"), "differs")
     assert _snapshot(run) == before
+
+
+def test_batch_size_is_per_rank_across_world_sizes() -> None:
+    """batch_size × processes is what must not change: 2 per rank on 2 ranks resumes as 4 in one process (and at
+    EP or DP of another size); the same per-rank size on another number of ranks is another global batch."""
+    import pytest
+
+    from hyperp.errors import ConfigError
+
+    saved = {"train": {"batch_size": 2, "grad_accum": 2}}
+    assert check_resume(saved, {"train": {"batch_size": 4, "grad_accum": 2}}, "ckpt", (2, 1)) == []
+    assert check_resume(saved, {"train": {"batch_size": 1, "grad_accum": 2}}, "ckpt", (2, 4)) == []
+    with pytest.raises(ConfigError, match=r"train.batch_size cannot change .*: checkpoint 2 × 2 processes, this run "
+                                          r"2 × 1; keep batch_size × processes = 4,"):
+        check_resume(saved, {"train": {"batch_size": 2, "grad_accum": 2}}, "ckpt", (2, 1))
+    with pytest.raises(ConfigError, match="train.grad_accum cannot change"):
+        check_resume(saved, {"train": {"batch_size": 4, "grad_accum": 1}}, "ckpt", (2, 1))
