@@ -262,6 +262,33 @@ def export_dir(model: Qwen3, out_dir: str | Path) -> Path:
     return out
 
 
+HF_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "HyperpMoeForCausalLM")
+
+
+def load_export(path: str | Path) -> Qwen3:
+    """Our model (fp32, eval mode) from a ``save_pretrained`` directory of one of :data:`HF_ARCHITECTURES` — what
+    :func:`export_dir` writes — offline. The shipped modeling code is imported from this package, so a SqrtGate
+    export needs no ``trust_remote_code``."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    config = Path(path) / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{config} cannot be read ({type(err).__name__}): not an exported model directory") from None
+    if not set(architectures) & set(HF_ARCHITECTURES):
+        raise ConfigError(f"{config} describes {architectures}, not one of {', '.join(HF_ARCHITECTURES)}")
+    if "HyperpMoeForCausalLM" in architectures:
+        from models.remote.modeling_hyperp_moe import HyperpMoeForCausalLM
+
+        hf = HyperpMoeForCausalLM.from_pretrained(path, local_files_only=True)
+    else:
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return from_hf(hf.float()).eval()
+
+
 if __name__ == "__main__":  # the run-aware CLI lives with the run tools (models imports nothing from train)
     import sys
 

@@ -3,7 +3,9 @@
 - :class:`BalancePolicy`: everything a training loop needs to balance an MoE model, decided from its
   :class:`~moe.config.MoEConfig` — each micro-batch's loss terms (the global-batch or micro-batch switch loss, the
   z-loss and the weights they enter the loss with), the aux-loss-free bias update (a step pre-hook on the
-  optimizer, as torchtitan's ``register_moe_load_balancing_hook``), and the step's balance metrics.
+  optimizer, as torchtitan's ``register_moe_load_balancing_hook``), and the step's balance metrics. With
+  ``balance_target`` it consults a :class:`~moe.controller.BalanceController` for α, feeds it each
+  step's global MaxVio from the same hook, and is itself Stateful (the controller's state) for checkpoints.
 - The balance metrics that training logs, sweeps and monitors report, from a (layers, E) matrix of token-slot
   counts: MaxVio = (max_i load_i − mean load) / mean load (ArchScale logs its mean over layers), max/mean,
   coefficient of variation (std/mean), and dead experts (no token in the window).
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from moe.config import MoEConfig
+from moe.controller import BalanceController
 from moe.losses import GlobalBalance, micro_batch_aux, z_loss
 from moe.router import Router, RoutingStats
 
@@ -81,8 +84,16 @@ class BalancePolicy:
 
     def __init__(self, cfg: MoEConfig, model: nn.Module, process_group: dist.ProcessGroup | None = None) -> None:
         self.cfg, self.model, self.process_group = cfg, model, process_group
-        self.aux_weight = cfg.aux_weight if cfg.trains_aux else 0.0  # "bias": the aux loss is logged, not trained
         self.balance = GlobalBalance()
+        target = cfg.balance_target
+        self.controller = None if target is None else BalanceController(target, cfg.aux_weight)
+
+    @property
+    def aux_weight(self) -> float:
+        """α of this step ("bias": the aux loss is logged, not trained on)."""
+        if not self.cfg.trains_aux:
+            return 0.0
+        return self.controller.value if self.controller is not None else self.cfg.aux_weight
 
     def start_step(self) -> None:
         self.balance.reset()
@@ -100,13 +111,29 @@ class BalancePolicy:
         if counts is None:
             return {}
         metrics = {"moe/aux_loss": float(self.balance.value())} if self.cfg.global_aux else {}
+        if self.controller is not None:
+            metrics |= self.controller.metrics()
         return metrics | balance_log(counts)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Update the selection biases at every optimizer step (never at a skipped one), when the config uses them."""
-        if self.cfg.uses_bias:
-            optimizer.register_step_pre_hook(self._bias_hook)
+        """At every optimizer step (never at a skipped one): the selection-bias update when the config uses it, then
+        the controller's update from the step's counts (the step itself trained with the α it had)."""
+        if self.cfg.uses_bias or self.controller is not None:
+            optimizer.register_step_pre_hook(self._step_hook)
 
-    def _bias_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self.balance.counts is not None:
-            update_selection_bias(self.model, self.balance.counts, self.cfg.bias_rate)
+    def _step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        counts = self.balance.counts
+        if counts is None:
+            return
+        if self.cfg.uses_bias:
+            update_selection_bias(self.model, counts, self.cfg.bias_rate)
+        if self.controller is not None:
+            self.controller.update(float(balance_metrics(counts)["maxvio"].mean()))
+
+    # Stateful (checkpointed by the trainer when a controller runs): the controller's state.
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": None if self.controller is None else self.controller.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.controller is not None:
+            self.controller.load_state_dict(state["controller"])

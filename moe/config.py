@@ -30,6 +30,9 @@ class MoEConfig:
     # the aux loss is still computed and logged but not trained on); "aux+bias": both.
     balance: Literal["aux", "bias", "aux+bias"] = "aux"
     bias_rate: float = 1e-3  # γ_b of b_i += γ_b·sign(mean load − load_i), once per optimizer step
+    # A target global MaxVio: a controller (moe.controller) then adjusts aux_weight during training, starting from the
+    # configured value ("aux" or "aux+bias"). None: aux_weight stays fixed.
+    balance_target: float | None = None
 
     @property
     def uses_bias(self) -> bool:
@@ -59,8 +62,21 @@ class MoEConfig:
                 raise ConfigError(f"moe.{name}={value!r} must be a number >= 0")
         if not _is_number(self.bias_rate) or self.bias_rate <= 0:
             raise ConfigError(f"moe.bias_rate={self.bias_rate!r} must be a number > 0")
+        if self.balance_target is not None:
+            self._check_balance_target()
         if not isinstance(self.global_aux, bool):
             raise ConfigError(f"moe.global_aux={self.global_aux!r} must be true or false")
+
+
+    def _check_balance_target(self) -> None:
+        if not _is_number(self.balance_target) or self.balance_target <= 0:
+            raise ConfigError(f"moe.balance_target={self.balance_target!r} must be a MaxVio > 0 (e.g. 0.2)")
+        if not self.trains_aux:
+            raise ConfigError("moe.balance_target steers moe.aux_weight; moe.balance='bias' has no aux loss to steer "
+                              "(use 'aux' or 'aux+bias')")
+        if self.aux_weight <= 0:
+            raise ConfigError("moe.balance_target adjusts moe.aux_weight multiplicatively: set moe.aux_weight > 0 as "
+                              "its starting value (e.g. 0.01)")
 
 
 def _is_number(value: object) -> bool:

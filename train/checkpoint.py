@@ -56,6 +56,7 @@ SHARDED_FORMAT = "dcp"
 TENSOR_STATES = ("model", "optimizer")  # what the sharded storage writes through torch.distributed.checkpoint
 STATE_FILE, TRAINER_FILE, MANIFEST = "state.pt", "trainer.pt", "manifest.json"
 ROLLBACK = "rollback_to"  # a checkpoint's entry naming the checkpoint a plain resume of it starts from
+WORLD_SIZE = "world_size"  # ranks that trained it: another world size may re-split the same global batch
 PINS = "pins.json"  # checkpoints/pins.json: {step: why} of checkpoints that pruning never deletes
 _PREFIX, _REJECTED = "step_", "rejected-"
 _T = TypeVar("_T")
@@ -484,7 +485,7 @@ class Checkpointer:
         self.rollback_to: int | None = None  # saved with each checkpoint: where a plain resume of it starts
 
     def save(self, step: int) -> Path:
-        plain = {"config": self.config, ROLLBACK: self.rollback_to}
+        plain = {"config": self.config, ROLLBACK: self.rollback_to, WORLD_SIZE: self.env.world_size}
         plain |= {k: s.state_dict() for k, s in self.states.items() if k not in TENSOR_STATES}
         with naming(checkpoint_dir(self.run_dir)):  # a full disk names the folder it could not write
             if self.env.active:
@@ -508,9 +509,8 @@ class Checkpointer:
         mismatching config → one line naming the key, before anything is changed (:func:`train.resume.check_resume`)."""
         path, plain, why = self._select(step)
         try:
-            worlds = (_read_manifest(path).get("world_size", 1) if is_sharded_checkpoint(path) else 1,
-                      self.env.world_size)  # per-rank batch sizes compare as global ones
-            changes = [str(c) for c in check_resume(plain["config"], self.config, f"checkpoint {path}", worlds)]
+            changes = [str(c) for c in check_resume(plain["config"], self.config, f"checkpoint {path}",
+                                                    plain.get(WORLD_SIZE), self.env.world_size)]
         except (KeyError, TypeError):
             raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
         sharded = is_sharded_checkpoint(path)

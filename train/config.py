@@ -37,6 +37,7 @@ class TrainConfig:
     min_lr_mult: float = 0.1  # final lr = min_lr_mult × peak (ArchScale)
     eval_every: int = 100
     eval_batches: int = 8
+    eval_per_source: bool = True  # also val/<source>/loss and /bpb per source (corpus member); train.eval.validation
     ckpt_every: int = 100
     keep_checkpoints: int = 3  # the newest N are kept, plus the pinned ones (the last before a spike or divergence)
     keep_pinned: int = 3  # pinned checkpoints kept (the newest N pins)

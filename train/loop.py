@@ -21,6 +21,7 @@ from train import distributed
 from train.build import Components, uses_bf16
 from train.checkpoint import Checkpointer, Resumed, RNGState
 from train.config import RunConfig
+from train.eval.validation import Validation
 from train.metrics import MetricsLogger
 from train.mfu import MFU
 from train.schedule import schedule_factor, set_lr
@@ -83,8 +84,7 @@ class Trainer:
         self.model, self.optimizer, self.device = parts.model, parts.optimizer, parts.device
         self.sampler, self.balance, self.autocast = parts.sampler, parts.balance, parts.autocast
         self.dist, self.train_model = parts.dist, parts.train_model or parts.model  # train.distributed
-        self.val_batches = parts.data.val_batches(cfg.train.batch_size, cfg.train.eval_batches,
-                                                  self.dist.rank, self.dist.world_size)
+        self.validation = Validation(parts.data, cfg, self.dist, self.device)  # val/loss, val/bpb, per source
         self.state = TrainState()
         self.stop_reason: str | None = None
         self.resumed: Resumed | None = None
@@ -92,6 +92,8 @@ class Trainer:
         self.mfu = MFU(self.model, cfg.data.seq_len, self.device, uses_bf16(cfg, self.device), self.dist.world_size)
         states = {"model": self.model, "optimizer": self.optimizer, "trainer": self,
                   "callbacks": _CallbackStates(callbacks), "rng": RNGState()}
+        if self.balance is not None and self.balance.controller is not None:
+            states["balance"] = self.balance  # moe.balance_target's controller (absent from older checkpoints)
         self.checkpointer = Checkpointer(self.run_dir, states, cfg.to_dict(), cfg.train.keep_checkpoints, self.dist,
                                          map_location=self.device, keep_pinned=cfg.train.keep_pinned)
 
@@ -186,15 +188,11 @@ class Trainer:
         self.logger.event({"step": step, "event": "nonfinite_skip", "loss": loss, "grad_norm": grad_norm,
                            "skipped_steps": s.skipped_steps, "nonfinite_streak": s.nonfinite_streak})
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        losses = []
-        for inputs, targets in self.val_batches:
-            with self.autocast():
-                losses.append(self.model(inputs.to(self.device), targets.to(self.device)).loss)  # fp32 (fp64 runs: fp64)
-        self.state.last_val_loss = float(self.dist.mean({"val": torch.stack(losses).mean()})["val"])
-        return {"val/loss": self.state.last_val_loss}
+        metrics = self.validation.evaluate(self.model, self.autocast)
+        self.state.last_val_loss = metrics["val/loss"]
+        return metrics
 
     # ------------------------------------------------------------------------------------------------ the loop
     def fit(self, until_step: int | None = None) -> TrainState:

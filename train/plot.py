@@ -1,8 +1,9 @@
 """``python -m train.plot RUN_DIR [RUN_DIR ...] [--metrics GLOB ...] [--out DIR]``: monitor plots comparing runs.
 
 Reads each run's ``metrics.jsonl`` and writes one PNG per indicator family (loss, Z-values, RMS, outliers, expert
-load, router, throughput and MFU, optimizer health), a layer × expert heatmap of the last expert-load window, and
-``summary.md`` with the maximum of each indicator per run (SPEC §5: under HyperP these should stay bounded as training goes on).
+load, router, throughput and MFU, optimizer health, per-source validation loss and bits per byte, balance and its
+controller), a layer × expert heatmap of the last expert-load window, and ``summary.md`` with the maximum of each
+indicator per run (SPEC §5: under HyperP these should stay bounded as training goes on).
 Per-layer metrics (``.../layer_XX``) share a panel: one line per layer, dark → light with depth; runs differ by
 line style (or colour, when a panel has one line per run).
 """
@@ -39,9 +40,14 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "throughput": ("train/tokens_per_s", "train/mfu"),
     "optimizer": ("train/grad_norm", "monitor/grad_norm/*", "monitor/weight_norm/*", "monitor/update_ratio/*",
                   "monitor/sphere_norm_drift"),
+    "eval": ("val/bpb", "val/*/loss", "val/*/bpb"),  # per-source validation (train.eval.validation)
+    "balance": ("moe/maxvio", "moe/balance/*"),  # the step's MaxVio and moe.balance_target's controller
 }
 _GROUP_PANELS = ("monitor/grad_norm/", "monitor/weight_norm/", "monitor/update_ratio/")
 _LAYER = re.compile(r"^(.*)/(layer_\d+)$")
+_SOURCE = re.compile(r"^val/(.+)/(loss|bpb)$")  # val/<source>/<kind>: one panel per kind, one line per source
+_SHARED_PANELS = {"val/bpb": ("val/bpb by source", "all"), "moe/maxvio": ("moe/maxvio", "step"),
+                  "moe/balance/maxvio_ema": ("moe/maxvio", "controller EMA"), "moe/balance/target": ("moe/maxvio", "target")}
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -100,10 +106,15 @@ def family_of(metric: str) -> str | None:
 
 
 def panel_of(metric: str) -> tuple[str, str]:
-    """(panel, series label): per-layer and per-param-group metrics share a panel."""
+    """(panel, series label): per-layer, per-param-group and per-source metrics share a panel."""
+    if metric in _SHARED_PANELS:
+        return _SHARED_PANELS[metric]
     m = _LAYER.match(metric)
     if m:
         return m.group(1), m.group(2)
+    m = _SOURCE.match(metric)
+    if m:
+        return f"val/{m.group(2)} by source", m.group(1)
     for prefix in _GROUP_PANELS:
         if metric.startswith(prefix):
             return prefix.rstrip("/"), metric[len(prefix):]

@@ -51,6 +51,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "model.moe.global_aux": (C, "how the balance loss is averaged"),
     "model.moe.backend": (C, "how experts are dispatched; same numbers"),
     "model.moe.bias_rate": (C, "step size of the balance bias update"),
+    "model.moe.balance_target": (F, "the saved balance controller's state steers toward it (moe.controller)"),
     **{f"data.{k}": (M, _DATA) for k in (
         "corpus", "path", "tokenizer", "seq_len", "val_fraction", "doc_separator", "sources", "decode_errors")},
     "data.prefetch": (C, "how many batches are built ahead; the same batches"),
@@ -77,6 +78,7 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
     "train.expert_parallel": (C, "distributed checkpoints reshard the experts to any EP size, or none; a single-file "
                                  "one resumes without EP only"),
     "train.activation_checkpointing": (C, "memory only; same numbers"),
+    "train.eval_per_source": (C, "what each evaluation also reports (val/<source>/...)"),
     **{f"hyperp.{k}": (C, "the HyperP base: the peak lrs are derived again") for k in (
         "base_width", "base_depth", "base_tokens", "base_batch_tokens")},
     **{f"monitor.{k}": (C, "what is watched and when") for k in (
@@ -140,33 +142,46 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _global_micro_batch(config: dict[str, Any], world: int) -> dict[str, Any]:
-    """``config`` with ``train.batch_size`` (per rank) × the number of processes: the data position and the
-    micro-batch split depend on that product only, so another world size with the same product is the same run."""
-    train = dict(config.get("train", {}))
-    train["batch_size"] = train.get("batch_size", _default("train.batch_size")) * world
-    return config | {"train": train}
+BATCH_KEYS = ("train.batch_size", "train.grad_accum")
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
-                 worlds: tuple[int, int] = (1, 1)) -> list[ConfigChange]:
+def global_batch(config: dict[str, Any], world_size: int) -> tuple[int, int, int]:
+    """(batch_size, grad_accum, global batch in sequences) of a config dict at ``world_size`` ranks."""
+    train = config.get("train", {})
+    batch, accum = (int(train.get(k.split(".")[1], _default(k))) for k in BATCH_KEYS)
+    return batch, accum, batch * accum * world_size
+
+
+def _check_global_batch(saved: dict[str, Any], current: dict[str, Any], where: str, saved_world: int,
+                        world: int) -> None:
+    """Another world size may re-split the global batch into per-rank batches and accumulation (the data position
+    and HyperP's batch factor count global batches); the global batch itself cannot change."""
+    (b0, a0, g0), (b1, a1, g1) = global_batch(saved, saved_world), global_batch(current, world)
+    if g0 != g1:
+        raise ConfigError(f"{where}: the global batch (train.batch_size × train.grad_accum × world size) cannot "
+                          f"change on resume ({_GLOBAL_BATCH}): checkpoint {b0}×{a0}×{saved_world} = {g0}, this run "
+                          f"{b1}×{a1}×{world} = {g1}; keep {g0}, or start a new run with another --out")
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str, saved_world: int | None = None,
+                 world: int = 1) -> list[ConfigChange]:
     """The ``CHANGE`` keys that differ between the checkpoint's config and this run's; a differing ``MATCH`` or
-    ``FIXED`` key raises one ConfigError line (``where`` names the checkpoint). ``worlds``: the checkpoint's and this
-    run's number of processes (``train.batch_size`` is compared as batch_size × processes)."""
-    changes = differences(_global_micro_batch(saved, worlds[0]), _global_micro_batch(current, worlds[1]))
+    ``FIXED`` key raises one ConfigError line (``where`` names the checkpoint). With the checkpoint's world size
+    known, ``train.batch_size`` and ``train.grad_accum`` may change as long as the global batch does not."""
+    changes = differences(saved, current)
+    if saved_world is not None:
+        _check_global_batch(saved, current, where, saved_world, world)
     for change in changes:
         kind, why = rule(change.key)
-        values, keep = f"checkpoint {change.saved!r}, this run {change.current!r}", repr(change.saved)
-        if change.key == "train.batch_size" and worlds != (1, 1):
-            values = (f"checkpoint {change.saved // worlds[0]} × {worlds[0]} processes, this run "
-                      f"{change.current // worlds[1]} × {worlds[1]}")
-            keep = f"batch_size × processes = {change.saved}"
+        if change.key in BATCH_KEYS and saved_world is not None:
+            continue  # the global batch is unchanged (checked above): a re-split for another world size
+        values = f"checkpoint {change.saved!r}, this run {change.current!r}"
         if kind is OnResume.MATCH:
             section = change.key.split(".")[0]
             raise ConfigError(
                 f"{where} was written for a different {section} config than this run's: {change.key}: {values} "
                 f"({why}); resume with the checkpoint's value, or start a new run with another --out")
         if kind is OnResume.FIXED:
-            raise ConfigError(f"{where}: {change.key} cannot change on resume ({why}): {values}; keep {keep}, "
-                              "or start a new run with another --out")
+            raise ConfigError(f"{where}: {change.key} cannot change on resume ({why}): {values}; keep "
+                              f"{change.saved!r}, or start a new run with another --out")
     return changes

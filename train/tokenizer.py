@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from train.errors import DataError
 from train.downloads import fetch
 
@@ -127,6 +129,46 @@ class TiktokenTokenizer:
         path = out / "tokenizer_config.json"
         path.write_text(json.dumps(cfg, indent=1))
         return path
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (``bytes_to_unicode`` in openai/gpt-2 ``encoder.py``, used by HF ``ByteLevel``):
+    printable bytes stand for themselves, the other 68 bytes for the code points 256, 257, … in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(shifted)})
+    return table
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (``int64[vocab_size]``; 0 for special tokens such as EOS and unused ids).
+
+    Bits per byte divides a sum of token log-losses by the bytes of the text those tokens spell (nanochat's
+    ``get_token_bytes``): for byte-level BPEs (ours, Qwen's, GPT-2's) the bytes of a text are exactly the sum over its
+    tokens, however a multi-byte character is split. Other tokenizers fall back to the UTF-8 length of each token
+    decoded alone (approximate where decoding is context-dependent).
+    """
+    lengths = np.zeros(tok.vocab_size, dtype=np.int64)
+    if isinstance(tok, TiktokenTokenizer):  # specials and padding ids are not in the ranks: 0 bytes
+        for token, rank in tok._ranks.items():
+            lengths[rank] = len(token)
+        return lengths
+    if isinstance(tok, HFTokenizer):
+        from tokenizers import decoders
+
+        special = {i for i, t in tok._tok.get_added_tokens_decoder().items() if t.special}
+        byte_level = isinstance(tok._tok.decoder, decoders.ByteLevel)
+        alphabet = _byte_level_alphabet()
+        for i in range(tok.vocab_size):
+            piece = tok._tok.id_to_token(i)
+            if i in special or piece is None:
+                continue
+            lengths[i] = len(piece) if byte_level and all(c in alphabet for c in piece) else len(tok.decode([i]).encode())
+        return lengths
+    for i in range(tok.vocab_size):
+        lengths[i] = 0 if i == tok.eos_id else len(tok.decode([i]).encode())
+    return lengths
 
 
 def parse_ranks(data: bytes, source: str) -> dict[bytes, int]:

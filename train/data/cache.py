@@ -161,6 +161,26 @@ def open_split(directory: Path, manifest: dict, split: str, verify: bool) -> np.
     return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
 
 
+def val_by_member(directory: Path, manifest: dict, val: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """The validation tokens of each member of a built-in corpus cached as one (the default corpus: pydoc,
+    shakespeare, wiki), found through the document index (ids are ``<member>/<name>``): each run of consecutive
+    documents of one member, each with its trailing EOS, is one segment (documents are stored sorted by member, so
+    there is one run per member). ``{}`` for a cache of one member or of the user's text — nothing to split."""
+    if len(manifest.get("source", {}).get("members", ())) < 2:
+        return {}
+    runs: list[list] = []  # [member, start, end)
+    for doc_id, start, n in load_doc_index(directory)["val"]:
+        member = doc_id.split("/", 1)[0]
+        if runs and runs[-1][0] == member and runs[-1][2] == start:
+            runs[-1][2] = start + n + 1
+        else:
+            runs.append([member, start, start + n + 1])
+    out: dict[str, list[np.ndarray]] = {}
+    for member, start, end in runs:
+        out.setdefault(member, []).append(val[start:end])
+    return out
+
+
 def load_doc_index(directory: Path) -> dict[str, list[list]]:
     """``{"train"|"val": [[doc_id, start_token, n_tokens], ...]}`` of a text cache."""
     path = directory / "docs.json"

@@ -9,6 +9,7 @@ text sources together and cached under their joint key.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from train.errors import DataError
 from train.data.batches import BatchSampler, Windows, val_windows
 from train.data.cache import (FORMAT_VERSION, build_cache, corpus_identity, manifest_matches, open_split,
-                              read_manifest, safe_name)
+                              read_manifest, safe_name, val_by_member)
 from train.data.config import DataConfig, SourceConfig
 from train.data.corpus import Document, load_corpus, read_text_path
 from train.data.formats import TokenDataset, decoder_for, is_token_path, open_tokens
@@ -38,6 +39,12 @@ class Source:
     val: list[np.ndarray]
     stats: dict
     directory: Path | None = None  # the token cache of a text source
+
+    def val_parts(self) -> dict[str, list[np.ndarray]]:
+        """The validation segments to report separately: each member of a built-in corpus of several
+        (``default/wiki``, …: :func:`~train.data.cache.val_by_member`), else the whole source under its name."""
+        members = val_by_member(self.directory, self.stats, self.val[0]) if self.directory is not None else {}
+        return {f"{self.name}/{m}": segments for m, segments in members.items()} or {self.name: self.val}
 
 
 @dataclass
@@ -81,9 +88,20 @@ class PreparedData:
     def val_batches_by_source(
         self, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1
     ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """``n_batches`` fixed validation batches of each source (for per-source validation losses)."""
-        return {s.name: val_windows(Windows(s.val, self.config.seq_len), batch_size, n_batches, rank, world_size, s.name)
-                for s in self.sources}
+        """``n_batches`` fixed validation batches of each source, and of each member of a built-in corpus of several
+        (the default corpus: ``default/pydoc``, ``default/shakespeare``, ``default/wiki``), for per-source losses. A
+        corpus member whose validation text holds no window of ``seq_len + 1`` tokens is left out with a warning."""
+        out = {}
+        for source in self.sources:
+            parts = source.val_parts()
+            for name, segments in parts.items():
+                windows = Windows(segments, self.config.seq_len)
+                if windows.n < 1 and len(parts) > 1:
+                    warnings.warn(f"validation text of {name} has no window of data.seq_len + 1 = "
+                                  f"{self.config.seq_len + 1} tokens; not evaluated separately", stacklevel=2)
+                    continue
+                out[name] = val_windows(windows, batch_size, n_batches, rank, world_size, name)
+        return out
 
     def val_batches(
         self, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1

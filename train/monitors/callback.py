@@ -87,7 +87,7 @@ class MonitorCallback(Callback):
         """The churn probe: the first ⌈sample_tokens / seq_len⌉ sequences of the first validation batch — rank 0's
         on every rank (each rank has its own validation batches), so all ranks measure one churn and a resume, which
         restores rank 0's last top-k sets, compares the same tokens."""
-        inputs = trainer.val_batches[0][0]
+        inputs = trainer.validation.batches[0][0]
         probe = inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
         return trainer.dist.broadcast(probe.clone())  # a copy: rank r keeps its own validation batch
 
