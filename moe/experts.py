@@ -4,17 +4,45 @@ Each of ``w_gate`` (E, I, H), ``w_up`` (E, I, H), ``w_down`` (E, H, I) is E matr
 optimizers (MuonH/AdamH) treat each slice as its own matrix, like ArchScale's 3-D expert weights with
 Muon ``flatten=False``. Layout matches transformers ≥ 5 (``gate_up_proj`` (E, 2I, H) = cat(w_gate, w_up, dim=1),
 ``down_proj`` (E, H, I)).
+
+A dispatch backend computes with the three stacked tensors: the module itself, or under expert parallelism
+(:mod:`moe.expert_parallel`) the :class:`ExpertWeights` of this rank's local experts. The module's forward only
+hands itself to the dispatch function, so that FSDP2 (which gathers parameters in a module's forward hooks) can
+shard the experts as their own unit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperp.roles import Role, declare
+
+
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """One expert on rows ``x`` (n, H): w_down·(silu(w_gate·x) ⊙ w_up·x). Reference path."""
+    return (F.silu(x @ w_gate.t()) * (x @ w_up.t())) @ w_down.t()
+
+
+@dataclass(frozen=True)
+class ExpertWeights:
+    """Stacked expert weights as plain tensors (what the dispatch backends read, like :class:`Experts`)."""
+
+    w_gate: Tensor
+    w_up: Tensor
+    w_down: Tensor
+
+    @property
+    def num_experts(self) -> int:
+        return self.w_gate.shape[0]
+
+    def expert(self, e: int, x: Tensor) -> Tensor:
+        return swiglu(x, self.w_gate[e], self.w_up[e], self.w_down[e])
 
 
 class Experts(nn.Module):
@@ -36,10 +64,13 @@ class Experts(nn.Module):
             bound = 1.0 / math.sqrt(weight.shape[-1])
             weight.uniform_(-bound, bound)
 
+    def forward(self, x: Tensor, indices: Tensor, weights: Tensor, dispatch: Callable[..., Tensor]) -> Tensor:
+        """Σ_j weights[:, j]·Expert_{indices[:, j]}(x) through the dispatch function ``dispatch``."""
+        return dispatch(x, indices, weights, self)
+
     def expert(self, e: int, x: Tensor) -> Tensor:
-        """Expert e applied to rows ``x`` (n, H): w_down·(silu(w_gate·x) ⊙ w_up·x). Reference path."""
-        h = F.silu(x @ self.w_gate[e].t()) * (x @ self.w_up[e].t())
-        return h @ self.w_down[e].t()
+        """Expert e applied to rows ``x`` (n, H). Reference path."""
+        return swiglu(x, self.w_gate[e], self.w_up[e], self.w_down[e])
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, expert_hidden={self.expert_hidden}"

@@ -7,8 +7,9 @@ through one of two storages:
 
 - single file (a plain process): ``state.pt`` holds every state dict;
 - sharded (a torchrun process group): torch.distributed.checkpoint shards of ``model`` and ``optimizer`` (keyed by
-  parameter name and resharded on load, so any world size — a single process included — resumes them) and
-  ``trainer.pt`` with the other states (written by rank 0).
+  parameter name and resharded on load, so any world size and any expert-parallel size — a single process
+  included — resumes them; expert-parallel experts are DTensors like FSDP's shards) and ``trainer.pt`` with the
+  other states (written by rank 0).
 
 Both are written the same way: into a temporary directory, every file fsync'd, ``manifest.json`` (format, step, and
 the SHA-256 and size of every file) last, then renamed into place (atomic on POSIX), so a crash or kill at any
@@ -515,7 +516,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} has no run config (not a training checkpoint)") from None
         sharded = is_sharded_checkpoint(path)
         if not sharded and any(is_sharded(p) for p in self.model.parameters()):
-            raise CheckpointError("train.parallel='fsdp' resumes only distributed checkpoints; convert or use ddp")
+            raise CheckpointError("train.parallel='fsdp' and train.expert_parallel > 1 resume only distributed "
+                                  "checkpoints; resume this one with ddp and no expert parallelism")
         configured = _hyperparameters(self.optimizer)
         try:
             if sharded:

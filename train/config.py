@@ -51,6 +51,9 @@ class TrainConfig:
     # Data parallelism under torchrun (train.distributed; ignored in a plain single-process run). batch_size is
     # per rank: the global batch is batch_size × grad_accum × world_size.
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    # Expert parallelism under torchrun: the routed experts of every MoE layer sharded over groups of this many
+    # ranks (a data-parallel × expert-parallel mesh; it must divide the world size and model.moe.num_experts).
+    expert_parallel: int = 1
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     # torch.compile the model's forward (the optimizer runs eagerly, as it is); monitor steps run eagerly (hooks).
     compile: bool = False
@@ -60,7 +63,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
-                     "keep_checkpoints", "keep_pinned", "log_every", "max_nonfinite"):
+                     "keep_checkpoints", "keep_pinned", "log_every", "max_nonfinite",
+                     "expert_parallel"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
@@ -112,6 +116,11 @@ class RunConfig:
             raise ConfigError(f"name={self.name!r} must be a non-empty run name without slashes or spaces")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        ep, moe = self.train.expert_parallel, self.model.moe
+        if ep > 1 and moe is None:
+            raise ConfigError(f"train.expert_parallel={ep} needs an MoE model (a [model.moe] section)")
+        if ep > 1 and moe.num_experts % ep:
+            raise ConfigError(f"train.expert_parallel={ep} must divide model.moe.num_experts={moe.num_experts}")
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))

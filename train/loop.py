@@ -145,10 +145,8 @@ class Trainer:
             (terms["total"] / cfg.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() / cfg.grad_accum
-        clip = self.cfg.optim.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        grad_norm = distributed.full_norm(grad_norm)  # FSDP2 returns a DTensor
+        distributed.reduce_expert_grads(self.train_model, self.dist)  # DDP × expert parallelism (else a no-op)
+        grad_norm = distributed.clip_grad_norm_(list(self.model.parameters()), self.cfg.optim.grad_clip)
         sums = self.dist.mean(sums)  # the global batch's losses, identical on every rank (no-op in one process)
         finite = bool(torch.isfinite(sums["total"]) & torch.isfinite(grad_norm))  # the step's one host sync
         extra: dict[str, float] = {}

@@ -75,6 +75,8 @@ RESUME_RULES: dict[str, tuple[OnResume, str]] = {
         "keep_checkpoints", "keep_pinned", "log_every", "max_nonfinite")},
     "train.device": (C, "checkpoints load onto any device"),
     "train.parallel": (C, "FSDP resumes distributed checkpoints only (python -m train.convert the other way)"),
+    "train.expert_parallel": (C, "distributed checkpoints reshard the experts to any EP size, or none; a single-file "
+                                 "one resumes without EP only"),
     "train.activation_checkpointing": (C, "memory only; same numbers"),
     "train.compile": (C, "how the forward runs; same numbers (tests/train/test_compile.py)"),
     "train.init_from": (C, "the initial weights only: a resume continues from the checkpoint's"),

@@ -100,6 +100,9 @@ def stage_list(kit: str = KIT, data: str = DATA) -> tuple[Stage, ...]:
               module="train_step_gpu"),
         Stage("pytest_gpu", 180, ("{py}", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"),
               "the test suite's @pytest.mark.gpu tests", needs_build=True, module="pytest"),
+        Stage("ep_dispatch", 90, _bench("ep_dispatch", "benchmarks/ep_dispatch_gpu.py"),
+              "expert-parallel dispatch code path (world size 1, NCCL) vs no EP, MoE layer fwd+bwd", needs_build=True,
+              module="ep_dispatch_gpu"),
     )
 
 

@@ -12,7 +12,7 @@ from hyperp.errors import ConfigError
 
 
 class MatrixOptimizer(torch.optim.Optimizer):
-    """Validates that every parameter is a matrix or a stack of matrices; subclasses implement :meth:`_update`."""
+    """Validates that every parameter is a matrix or a stack of matrices; subclasses implement :meth:`_update` (or batch parameters in :meth:`_step_group`)."""
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
@@ -31,13 +31,16 @@ class MatrixOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             self._prepare_group(group)
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
+            self._step_group(group, [p for p in group["params"] if p.grad is not None])
         return loss
 
     def _prepare_group(self, group: dict[str, Any]) -> None:
         """Hook run once per group before its parameters are updated."""
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Update the parameters of ``group`` that have a gradient (one at a time unless a subclass batches them)."""
+        for p in params:
+            self._update(p, group)
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError

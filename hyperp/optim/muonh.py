@@ -4,7 +4,9 @@ Per step, for each 2-D matrix or stacked (E, out, in) expert tensor:
 
 1. Nesterov momentum with ``torch.optim.Muon``'s buffer semantics: ``buf.lerp_(g, 1−β)``; direction
    ``g.lerp(buf, β)`` (nesterov) or ``buf``.
-2. Batched Newton–Schulz (:mod:`hyperp.optim.newton_schulz`) over the experts.
+2. Batched Newton–Schulz (:mod:`hyperp.optim.newton_schulz`) over the experts; on sharded parameters each matrix is
+   orthogonalized whole, once (:func:`hyperp.optim.sharded.orthogonalize`: locally for experts sharded on the
+   expert dim, on a round-robin owner rank for matrices sharded on their rows).
 3. ``sphere=True``: fixed-norm update + retraction (:func:`hyperp.optim.sphere.fixed_norm_update`) with the radius
    R = ‖W‖_F taken at the first step and kept in ``state["radius"]``. Base lr only: Muon's shape-based lr
    adjustment is not applied on the sphere (ArchScale passes the base lr), and weight decay is ignored (a
@@ -20,6 +22,7 @@ import math
 import typing
 import warnings
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -27,7 +30,7 @@ from torch import Tensor
 
 from hyperp.optim.base import MatrixOptimizer
 from hyperp.optim.newton_schulz import Coeffs, newton_schulz, schedule
-from hyperp.optim.sharded import full, is_sharded, local, local_slice, sharded_norm
+from hyperp.optim.sharded import full, is_sharded, local, local_slice, orthogonalize, owner_chunks, sharded_norm
 from hyperp.optim.sphere import check_mode, fixed_norm_update, frobenius_norm, init_radius
 
 AdjustLr = Literal["original", "match_rms_adamw", "spectral_norm", "none"]
@@ -97,7 +100,16 @@ class MuonH(MatrixOptimizer):
             )
             self._warned_wd = True
 
-    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        ns = partial(newton_schulz, steps=group["ns_steps"], coefficients=group["ns_coefficients"],
+                     eps=group["eps"], dtype=group["ns_dtype"])
+        for chunk in owner_chunks(params):  # one parameter, or one matrix per rank when shards must be gathered
+            directions = [self._direction(p, group) for p in chunk]
+            for p, ortho in zip(chunk, orthogonalize(directions, ns), strict=True):
+                self._apply(p, ortho, group)
+
+    def _direction(self, p: Tensor, group: dict[str, Any]) -> Tensor:
+        """The (Nesterov) momentum direction, sharded like ``p``; creates the state at the first step."""
         grad = p.grad
         if grad.is_sparse or torch.is_complex(p):
             raise RuntimeError("MuonH supports dense real parameters only")
@@ -109,16 +121,16 @@ class MuonH(MatrixOptimizer):
         buf = state["momentum_buffer"]
         momentum = group["momentum"]
         buf.lerp_(grad, 1 - momentum)
-        direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
-        ortho = newton_schulz(  # on the whole matrix: gathered when p is a shard (hyperp.optim.sharded)
-            full(direction), group["ns_steps"], group["ns_coefficients"], group["eps"], group["ns_dtype"]
-        )
+        return grad.lerp(buf, momentum) if group["nesterov"] else buf
+
+    def _apply(self, p: Tensor, ortho: Tensor, group: dict[str, Any]) -> None:
+        """The update from the orthogonalized direction ``ortho`` (this rank's part, shaped like p's local shard)."""
         lr = group["lr"]
-        W, ortho = local(p), local_slice(ortho, p)  # p itself and ortho unless p is a DTensor shard
+        W = local(p)
         if group["sphere"]:
             mode = group["expert_sphere"]
             norm = sharded_norm(p, mode) if is_sharded(p) else frobenius_norm
-            fixed_norm_update(W, ortho, lr, local_slice(state["radius"], p), mode, norm=norm)
+            fixed_norm_update(W, ortho, lr, local_slice(self.state[p]["radius"], p), mode, norm=norm)
             return
         W.mul_(1 - lr * group["weight_decay"])
         W.add_(ortho.to(W.dtype), alpha=-adjust_lr(lr, group["adjust_lr_fn"], p.shape))

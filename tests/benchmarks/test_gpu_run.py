@@ -149,6 +149,7 @@ def test_gpu_entry_points_skip_cleanly_without_cuda(module, tmp_path, capsys):
     ("optim_step_gpu", []),
     ("train_step_gpu", ["--presets", "tiny-moe", "--backends", "torch", "--warmup", "1"]),
     ("parity", []),
+    ("ep_dispatch_gpu", []),
     pytest.param("fsdp_step", ["--preset", "tiny-moe"], marks=pytest.mark.slow),
 ])
 def test_gpu_entry_points_run_their_code_on_cpu(module, argv, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-CPU_SCRIPTS = ["moe_layer", "optim_step", "train_step"]
-GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu", "optim_step_gpu"]
+CPU_SCRIPTS = ["moe_layer", "optim_step", "train_step", "ep_dispatch"]
+GPU_SCRIPTS = ["moe_layer_gpu", "train_step_gpu", "optim_step_gpu", "ep_dispatch_gpu"]
 
 
 def _main(name: str):

@@ -190,6 +190,20 @@ def test_expert_load_window_counts_training_forwards_only() -> None:
     assert float(dead["dead"]) == 2 and float(dead["max_mean"]) == pytest.approx(2.5)
 
 
+def test_expert_load_window_resumes_on_rank0_only() -> None:
+    """A checkpoint keeps the window summed over ranks; rank 0 restores it and the other ranks start from zero, so
+    the next (rank-summed) report counts every token once."""
+    from train.distributed import DistEnv
+
+    model = _tiny_model()
+    state = {1: [3.0, 0.0, 5.0, 2.0]}
+    for rank, expected in ((0, state[1]), (1, [0.0] * 4)):
+        load = ExpertLoad(model, DistEnv(rank=rank, world_size=2))
+        load.load_state_dict(state, torch.device("cpu"))
+        assert load.state_dict() == {1: expected}
+        load.close()
+
+
 # ---------------------------------------------------------------------------------------------- router diagnostics
 
 

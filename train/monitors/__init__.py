@@ -23,6 +23,10 @@ Metric names (``XX`` = layer index, two digits; ``G`` = optimizer group name: sp
   ``monitor/router/aux_over_min/layer_XX`` (the layer's switch aux loss over its balanced minimum 1; layers without a
   selection bias), ``monitor/expert_load/{p10,p50,p90}/layer_XX`` (percentiles of expert load / mean load).
 
+Under torchrun every rank computes these on its own tokens and the logged values are reduced over ranks
+(:func:`train.monitors.stats.reduce_over_ranks`; what each means under data / expert parallelism: its docstring and
+docs/distributed.md "Monitors under DP and EP").
+
 Alarms (``{"step", "event": "alarm", "alarm", "metric", "value", "threshold"}`` in metrics.jsonl): ``loss_spike``,
 ``grad_norm_spike`` (value > mean + 6σ of the last 128, after 32 values), ``z_growth`` / ``rms_growth`` (above
 10× the first value monitored from ``alarm_start`` = step 50 on), ``outlier_frac`` (> 1 %) and ``expert_imbalance``

@@ -15,6 +15,7 @@ import torch
 from train.loop import Callback, Trainer
 from train.monitors.alarms import Alarm, Alarms
 from train.monitors.collectors import ActivationCollector, ExpertLoad, OptimizerHealth, RoutingChurn
+from train.monitors import stats as S
 from train.monitors.config import MonitorConfig
 
 
@@ -40,7 +41,7 @@ class MonitorCallback(Callback):
         self._device = trainer.device
         if self.cfg.every > 0:
             self.activations = ActivationCollector(trainer.model, self.cfg.sample_tokens)
-            self.experts = ExpertLoad(trainer.model)
+            self.experts = ExpertLoad(trainer.model, trainer.dist)
             if self._pending_experts:
                 self.experts.load_state_dict(self._pending_experts, trainer.device)
             if self.experts.active:
@@ -64,13 +65,14 @@ class MonitorCallback(Callback):
             self.activations.disarm()
             tensors = self.activations.take()
             tensors.update(self.optim.after_step(trainer.optimizer))
+            tensors = S.reduce_over_ranks(tensors, trainer.dist)  # each rank's statistics → the global batch's
             if self.experts is not None and self.experts.active:
                 tensors.update(self.experts.report(self.cfg.expert_tokens))
             if self.churn is not None:
                 tensors.update(self.churn.measure(trainer.autocast))
             if tensors:
                 names = list(tensors)
-                values = torch.stack([tensors[n].detach().float().reshape(()) for n in names]).tolist()  # one sync
+                values = torch.stack([tensors[n].detach().double().reshape(()) for n in names]).tolist()  # one sync
                 metrics.update(zip(names, values, strict=True))
         for alarm in self.alarms.check(step, metrics):
             self._raise(trainer, alarm)
@@ -82,9 +84,12 @@ class MonitorCallback(Callback):
             self.experts.close()
 
     def _probe(self, trainer: Trainer) -> torch.Tensor:
-        """The churn probe: the first ⌈sample_tokens / seq_len⌉ sequences of the first validation batch."""
+        """The churn probe: the first ⌈sample_tokens / seq_len⌉ sequences of the first validation batch — rank 0's
+        on every rank (each rank has its own validation batches), so all ranks measure one churn and a resume, which
+        restores rank 0's last top-k sets, compares the same tokens."""
         inputs = trainer.validation.batches[0][0]
-        return inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
+        probe = inputs[: max(1, self.cfg.sample_tokens // inputs.shape[-1])].to(trainer.device)
+        return trainer.dist.broadcast(probe.clone())  # a copy: rank r keeps its own validation batch
 
     # ------------------------------------------------------------------------------------------------ alarms
     def _raise(self, trainer: Trainer, alarm: Alarm) -> None:

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from hyperp.dtypes import at_least_fp32
-from hyperp.optim.sharded import full
+from hyperp.optim.sharded import full, global_norm, is_sharded, local, local_slice, sharded_norm
+from hyperp.optim.sphere import frobenius_norm
 
+from train.distributed import DistEnv
 from train.monitors import stats as S
 
 
@@ -134,10 +136,13 @@ class ExpertLoad:
     """Token-slot counts per MoE layer summed on device over the window since the last report.
 
     One permanent hook per MoE block adds ``RoutingStats.counts`` (already computed by the router) during
-    training forwards only: an on-device add, no host sync.
+    training forwards only: an on-device add, no host sync. Each rank counts its own tokens; reports and
+    checkpoints use the counts summed over ``env``'s ranks (a checkpoint's window is restored on rank 0, zeros
+    elsewhere, so the next report is the one an uninterrupted run gives).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, env: DistEnv = DistEnv()) -> None:
+        self.env = env
         self.window: dict[int, Tensor] = {}
         self._handles = [block.mlp.register_forward_hook(self._hook(i))
                          for i, block in enumerate(model.layers) if getattr(block, "is_moe", False)]
@@ -153,11 +158,18 @@ class ExpertLoad:
                 self.window[i] = self.window[i] + counts if i in self.window else counts.clone()
         return hook
 
+    def _summed(self) -> dict[int, Tensor]:
+        """The window's counts over all ranks (one all-reduce; the same layers exist on every rank)."""
+        layers = sorted(self.window)
+        if not layers:
+            return {}
+        return dict(zip(layers, self.env.all_reduce(torch.stack([self.window[i] for i in layers])), strict=True))
+
     def report(self, per_expert: bool = True) -> dict[str, Tensor]:
         """Balance statistics of the window (then emptied); means over MoE layers and the total of dead experts."""
         out: dict[str, Tensor] = {}
         per_layer: dict[str, list[Tensor]] = defaultdict(list)
-        for i, counts in sorted(self.window.items()):
+        for i, counts in self._summed().items():
             tag = layer_name(i)
             for k, v in S.expert_load(counts).items():
                 out[f"monitor/expert_load/{k}/{tag}"] = v
@@ -173,10 +185,12 @@ class ExpertLoad:
         return out
 
     def state_dict(self) -> dict[int, list[float]]:
-        return {i: c.tolist() for i, c in self.window.items()}
+        """The window summed over ranks (collective: every rank saves a checkpoint)."""
+        return {i: c.tolist() for i, c in self._summed().items()}
 
     def load_state_dict(self, state: dict[int, list[float]], device: torch.device) -> None:
-        self.window = {int(i): torch.tensor(c, dtype=torch.float32, device=device) for i, c in state.items()}
+        self.window = {int(i): torch.tensor(c, dtype=torch.float32, device=device) * float(self.env.is_main)
+                       for i, c in state.items()}
 
     def close(self) -> None:
         for h in self._handles:
@@ -226,15 +240,28 @@ def _group_params(optimizer: Any) -> dict[str, list[Tensor]]:
     return groups
 
 
-def _sq_sum(tensors: list[Tensor]) -> Tensor:
-    # full(): FSDP2 shards are DTensors; gather each whole tensor (monitor steps only, one tensor at a time).
-    return torch.stack([full(t.detach()).float().square().sum() for t in tensors]).sum()
+def _norm(tensors: list[Tensor]) -> Tensor:
+    """The norm of whole (possibly sharded) tensors, the same on every rank, without gathering them."""
+    return global_norm(tensors)
 
 
 def _matrix_norms(p: Tensor, mode: str) -> Tensor:
-    """Per-matrix Frobenius norms as the sphere retraction keeps them (per expert for 3-D unless ``joint``)."""
-    dims = tuple(range(p.ndim)) if (mode == "joint" or p.ndim < 2) else (-2, -1)
-    return torch.linalg.vector_norm(full(p.detach()), dim=dims, dtype=at_least_fp32(p.dtype)).reshape(-1)
+    """Norms of this rank's whole matrices as the sphere retraction keeps them (per expert for 3-D unless
+    ``joint``): a matrix split over ranks has its squared shard norms summed, experts sharded on the expert dim are
+    this rank's only."""
+    norm = sharded_norm(p, mode) if is_sharded(p) else frobenius_norm
+    return norm(local(p.detach()), mode).reshape(-1)
+
+
+def _reference_norms(p: Tensor, mode: str) -> list[float]:
+    """Per-matrix norms of the whole tensor (all experts), the same on every rank: what a checkpoint keeps."""
+    return _matrix_norms(full(p.detach()), mode).tolist()
+
+
+def _local_reference(norms: list[float], p: Tensor) -> Tensor:
+    """The reference norms of ``p``'s matrices on this rank (an (E, 1, 1) or (1, 1) table sliced like ``p``)."""
+    table = torch.tensor(norms, dtype=at_least_fp32(p.dtype), device=p.device).view(-1, *[1] * (p.ndim - 1))
+    return local_slice(table, p).reshape(-1)
 
 
 class OptimizerHealth:
@@ -253,7 +280,7 @@ class OptimizerHealth:
 
     def init_reference(self, optimizer: Any) -> None:
         if self.reference is None:
-            self.reference = [_matrix_norms(p, mode).tolist() for p, mode in self._sphere(optimizer)]
+            self.reference = [_reference_norms(p, mode) for p, mode in self._sphere(optimizer)]
         self._ref_tensors = None
 
     @torch.no_grad()
@@ -262,8 +289,8 @@ class OptimizerHealth:
         for name, params in _group_params(optimizer).items():
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
-                self.stats[f"monitor/grad_norm/{name}"] = _sq_sum(grads).sqrt()
-            self.stats[f"monitor/weight_norm/{name}"] = _sq_sum(params).sqrt()
+                self.stats[f"monitor/grad_norm/{name}"] = _norm(grads)
+            self.stats[f"monitor/weight_norm/{name}"] = _norm(params)
             self._before[name] = [p.detach().clone() for p in params]
 
     @torch.no_grad()
@@ -273,16 +300,15 @@ class OptimizerHealth:
                 old = self._before.get(name)
                 if old is None:
                     continue
-                delta = _sq_sum([p.detach() - o for p, o in zip(params, old, strict=True)]).sqrt()
-                self.stats[f"monitor/update_ratio/{name}"] = delta / _sq_sum(old).sqrt().clamp_min(1e-30)
+                delta = _norm([p.detach() - o for p, o in zip(params, old, strict=True)])
+                self.stats[f"monitor/update_ratio/{name}"] = delta / _norm(old).clamp_min(1e-30)
             self._before = {}
         sphere = self._sphere(optimizer)
         if sphere and self.reference is not None and len(self.reference) == len(sphere):
-            if self._ref_tensors is None:
-                self._ref_tensors = [torch.tensor(r, dtype=torch.float32, device=p.device)
-                                     for (p, _), r in zip(sphere, self.reference, strict=True)]
+            if self._ref_tensors is None:  # this rank's matrices' reference norms
+                self._ref_tensors = [_local_reference(r, p) for (p, _), r in zip(sphere, self.reference, strict=True)]
             drift = [(_matrix_norms(p, mode) / ref - 1.0).abs().max()
                      for (p, mode), ref in zip(sphere, self._ref_tensors, strict=True)]
-            self.stats["monitor/sphere_norm_drift"] = torch.stack(drift).max()
+            self.stats["monitor/sphere_norm_drift"] = torch.stack(drift).max()  # this rank's; max over ranks
         out, self.stats = self.stats, {}
         return out

@@ -1,6 +1,17 @@
-"""Tensor statistics behind the monitors (SPEC §5). Every function returns 0-dim fp32 tensors: no host sync.
+"""Tensor statistics behind the monitors (SPEC §5). Every function returns 0-dim tensors: no host sync. They are
+computed in fp32 (fp64 for fp64 activations, so that fp64 runs compare monitors of two reduction orders tightly).
 
 The callback stacks all of a step's statistics and reads them back with one ``.tolist()``.
+
+Across ranks (data / expert parallelism) each rank computes the activation statistics on its own tokens — the same
+number on every rank — and :func:`reduce_over_ranks` combines them as :data:`RANK_REDUCTION` says: RMS values as
+√(mean of the ranks' squares), i.e. the RMS over all ranks' tokens; means of per-token quantities (Z-values, the
+outlier percentage) as the mean over ranks, i.e. the mean over all ranks' sampled tokens; maxima as the maximum.
+Three combine per-rank statistics rather than being the statistic of the pooled sample: ``outlier_frac`` (mean over
+ranks of the fraction above 6× the rank's own sample RMS), ``max_over_rms`` (maximum over ranks of max|x| / the
+rank's sample RMS) and ``kurtosis`` (mean over ranks of each rank's excess kurtosis). Expert loads are computed from
+the token counts summed over ranks, and the optimizer's norms from whole (reduced) tensors, so those need no
+reduction here; ``sphere_norm_drift`` is each rank's maximum over its matrices, then the maximum over ranks.
 """
 
 from __future__ import annotations
@@ -10,18 +21,62 @@ import math
 import torch
 from torch import Tensor
 
+from hyperp.dtypes import at_least_fp32
 from moe.balance import balance_metrics
 from moe.losses import switch_aux
+from train.distributed import DistEnv
+
+# Metric family (the name's second component, ``monitor/<family>/…``) → how ranks' values combine; None: the value
+# is already the same on every rank (computed from reduced counts or whole tensors).
+RANK_REDUCTION: dict[str, str | None] = {
+    "rms": "rms", "z_logits_mean": "mean", "z_router": "mean", "z_attn": "mean", "outlier_pct": "mean",
+    "outlier_frac": "mean", "kurtosis": "mean",
+    "z_logits_max": "max", "z_router_max": "max", "attn_logit_max": "max", "max_over_rms": "max",
+    "sphere_norm_drift": "max",
+    "grad_norm": None, "weight_norm": None, "update_ratio": None, "expert_load": None, "expert_tokens": None,
+    # monitor/router/<kind>/…: per-token means over each rank's tokens; aux_over_min is a per-rank value (E·Σ f·P of
+    # the rank's own tokens) averaged, not the pooled batch's. (router/churn routes one probe, rank 0's, on every
+    # rank: the same value everywhere, added after this reduction.)
+    "router/entropy": "mean", "router/margin": "mean", "router/near_tie": "mean", "router/aux_over_min": "mean",
+}
+
+
+def rank_reduction(name: str) -> str | None:
+    """How ``monitor/<family>[/<kind>]/…`` combines over ranks (a KeyError for a metric nobody classified)."""
+    parts = name.split("/")
+    kind = "/".join(parts[1:3])
+    return RANK_REDUCTION[kind] if kind in RANK_REDUCTION else RANK_REDUCTION[parts[1]]
+
+
+def reduce_over_ranks(stats: dict[str, Tensor], env: DistEnv) -> dict[str, Tensor]:
+    """Each rank's statistics → the global ones (module docstring); two all-reduces, no host sync."""
+    if not env.active or env.world_size == 1:
+        return stats
+    kinds = {name: rank_reduction(name) for name in stats}
+    out = dict(stats)
+    for op, wanted in (("sum", ("mean", "rms")), ("max", ("max",))):
+        names = [n for n in stats if kinds[n] in wanted]
+        if not names:
+            continue
+        values = torch.stack([stats[n].double().square() if kinds[n] == "rms" else stats[n].double() for n in names])
+        env.all_reduce(values, op)
+        for name, v in zip(names, values.unbind(), strict=True):
+            out[name] = v if op == "max" else (v / env.world_size).sqrt() if kinds[name] == "rms" else v / env.world_size
+    return out
+
+
+def _acc(x: Tensor) -> Tensor:
+    return x.to(at_least_fp32(x.dtype))
 
 
 def rms(x: Tensor) -> Tensor:
     """√mean(x²) over all elements."""
-    return x.float().square().mean().sqrt()
+    return _acc(x).square().mean().sqrt()
 
 
 def logsumexp_stats(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row logsumexp over the last dim → (mean LSE, mean LSE², max LSE)."""
-    lse = torch.logsumexp(logits.float(), dim=-1)
+    lse = torch.logsumexp(_acc(logits), dim=-1)
     return lse.mean(), lse.square().mean(), lse.max()
 
 
@@ -31,13 +86,13 @@ def activation_outliers(x: Tensor, threshold: float = 6.0) -> dict[str, Tensor]:
     ``outlier_frac``: fraction of elements with |x| > threshold·RMS; ``max_over_rms``: max|x|/RMS;
     ``kurtosis``: excess kurtosis E[(x−μ)⁴]/σ⁴ − 3 over all elements (0 for a Gaussian).
     """
-    x = x.float()
+    x = _acc(x)
     r = rms(x).clamp_min(1e-30)
     a = x.abs()
     centered = x - x.mean()
     var = centered.square().mean().clamp_min(1e-30)
     return {
-        "outlier_frac": (a > threshold * r).float().mean(),
+        "outlier_frac": (a > threshold * r).to(x.dtype).mean(),
         "max_over_rms": a.max() / r,
         "kurtosis": centered.pow(4).mean() / var.square() - 3.0,
     }
@@ -45,10 +100,10 @@ def activation_outliers(x: Tensor, threshold: float = 6.0) -> dict[str, Tensor]:
 
 def token_outlier_pct(x: Tensor, sigmas: float = 5.0) -> Tensor:
     """SPEC §5 Outlier %: percentage of elements with |x − μ_token| > sigmas·σ_token (μ, σ over the hidden dim)."""
-    x = x.float()
+    x = _acc(x)
     mu = x.mean(-1, keepdim=True)
     sd = x.std(-1, unbiased=False, keepdim=True)
-    return ((x - mu).abs() > sigmas * sd).float().mean() * 100.0
+    return ((x - mu).abs() > sigmas * sd).to(x.dtype).mean() * 100.0
 
 
 def attention_logit_stats(q: Tensor, k: Tensor, scale: float | None = None) -> tuple[Tensor, Tensor]:
@@ -58,7 +113,7 @@ def attention_logit_stats(q: Tensor, k: Tensor, scale: float | None = None) -> t
     positions (Tq ≤ Tk); kv heads are shared by H/H_kv consecutive query heads (GQA, as SDPA's ``enable_gqa``).
     Returns (mean over tokens and heads of LSE², max over unmasked logits).
     """
-    q, k = q.float(), k.float()
+    q, k = _acc(q), _acc(k)
     h, h_kv = q.shape[1], k.shape[1]
     if h != h_kv:
         k = k.repeat_interleave(h // h_kv, dim=1)
@@ -94,12 +149,12 @@ def router_stats(logits: Tensor, top_k: int, selection_bias: Tensor | None = Non
     compares); ``near_tie``: fraction of tokens whose gap is at most :data:`NEAR_TIE` × the larger score's size. No
     margin when k = E (every expert is selected).
     """
-    z = logits.float()
+    z = _acc(logits)  # fp64 runs keep fp64 (module docstring)
     e = z.shape[-1]
     entropy = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).mean()
     out = {"entropy": entropy / math.log(e) if e > 1 else torch.zeros_like(entropy)}
     if top_k < e:
-        scores = z if selection_bias is None else z + selection_bias.float()
+        scores = z if selection_bias is None else z + selection_bias.to(z.dtype)
         top = scores.topk(top_k + 1, dim=-1).values
         gap = top[:, top_k - 1] - top[:, top_k]
         size = torch.maximum(top[:, top_k - 1].abs(), top[:, top_k].abs())
