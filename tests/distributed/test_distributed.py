@@ -43,8 +43,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.harness import (ARCHS, OPTIMS, PARALLEL, STEPS, assert_close_weights, assert_same_series,
-                                       final_weights, run_sets)
+from tests.distributed.harness import (ARCHS, OPTIMS, PARALLEL, STEPS, W_ATOL, assert_close_weights,
+                                       assert_same_series, final_weights, run_sets)
 from tests.distributed.jobs import aux_problem
 from tests.runs import argv, assert_one_line_error
 
@@ -130,7 +130,7 @@ def test_generate_and_export_read_a_sharded_run(runs: dict[str, Path], tmp_path:
 
     run = runs["fsdp-adamh-dense"]
     model, tokenizer = checkpoint.load_model_from_run(run, step=STEPS)  # an fp32 model of the fp64 run
-    for name, ref in _final_weights(runs["ref-adamh-dense"]).items():  # the one-process run, to fp32 rounding (2⁻²⁴)
+    for name, ref in final_weights(runs["ref-adamh-dense"]).items():  # the one-process run, to fp32 rounding (2⁻²⁴)
         torch.testing.assert_close(model.state_dict()[name].double(), ref, rtol=2**-23, atol=W_ATOL)
     assert export(["--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'hf'}\n"
