@@ -262,7 +262,7 @@ def test_saved_under_ep_resumes_in_one_process_and_converts(runs: dict[str, Path
     assert main(argv(run_sets(text_corpus, runs["cache"], "moe", "muonh", 1), split, "--resume")) == 0
     assert_same_series(runs["ref-muonh-moe"], split)
     assert_close_weights(final_weights(runs["ref-muonh-moe"]), final_weights(split))
-    assert convert([str(runs["ep-ddp-muonh-moe"]), "--out", str(tmp_path / "single"), "--hf", str(tmp_path / "hf")]) == 0
+    assert convert(["--run", str(runs["ep-ddp-muonh-moe"]), "--out", str(tmp_path / "single"), "--hf", str(tmp_path / "hf")]) == 0
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "single")[-1])
     assert_close_weights(final_weights(runs["ref-muonh-moe"]), state["model"])
     assert (tmp_path / "hf" / "config.json").is_file()
