@@ -8,7 +8,6 @@ load are not. The load average is sampled before and after the timed rounds and 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,15 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from train.mfu import cpu_model  # noqa: E402  (re-exported: the benchmarks' machine lines)
 
 
 def loadavg() -> str:

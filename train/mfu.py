@@ -92,16 +92,19 @@ class MFU:
         return {} if peak is None else {"train/mfu": self.flops_per_token * tokens_per_s / (peak * self.world_size)}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def device_description() -> str:
     """One line for reports: the GPU name(s), or the CPU model and core count."""
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (CPU)"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU)"

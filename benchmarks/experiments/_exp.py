@@ -83,14 +83,9 @@ def sweep_time(runs: list[dict[str, Any]], wall: bool = True) -> str:
 def machine(jobs: int = 2) -> str:
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from train.mfu import cpu_model
+
+    cpu = cpu_model()
     runs = "2 runs at a time, 1 thread each" if jobs == 2 else f"{jobs} run at a time, {os.cpu_count() // jobs} threads"
     return (f"{cpu}, {os.cpu_count()} cores (shared with other engineers' jobs part of the time), "
             f"torch {torch.__version__}, Python {platform.python_version()}; {runs} (`--jobs {jobs}`)")

@@ -226,8 +226,9 @@ def _plot(spec: Spec, runs: dict[str, Records], outcome: Outcome, cfg: MonitorCo
 def machine_line() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    from train.mfu import cpu_model
+
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}, Python "
             f"{platform.python_version()}, 1 thread per run")
 

@@ -17,6 +17,7 @@ from hyperp.transfer import family_scale
 from models.config import ModelConfig
 from models.hf import export_dir, from_hf, hf_config, to_hf
 from models.qwen3 import Qwen3
+from tests.models.random_model import build
 from moe.config import MoEConfig
 
 VOCAB = 97
@@ -26,18 +27,6 @@ def cfg(**kw) -> ModelConfig:
     base = dict(vocab_size=VOCAB, hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, mlp_hidden=96,
                 max_seq_len=32)
     return ModelConfig(**(base | kw))
-
-
-def build(config: ModelConfig, seed: int = 0) -> Qwen3:
-    """Random model with norm gains ≠ 1 and embeddings large enough for visible logits."""
-    torch.manual_seed(seed)
-    model = Qwen3(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.uniform_(0.5, 1.5)
-        model.embed.weight.normal_(std=0.5)
-    return model
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hyperp.errors import ConfigError
 from models.config import ModelConfig
 from models.hf import export_dir, from_hf, to_hf
 from models.qwen3 import Qwen3
+from tests.models.random_model import build
 from moe.config import MoEConfig
 
 VOCAB = 97
@@ -26,18 +27,6 @@ def tiny_moe(gate: str = "softmax", shared: bool = False, **kw) -> ModelConfig:
                               shared_hidden=40 if shared else None))
     base.update(kw)
     return ModelConfig(**base)
-
-
-def build(cfg: ModelConfig, seed: int = 0) -> Qwen3:
-    """Random model whose norm gains differ from 1 and whose embeddings are large enough for visible logits."""
-    torch.manual_seed(seed)
-    model = Qwen3(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.uniform_(0.5, 1.5)
-        model.embed.weight.normal_(std=0.5)
-    return model
 
 
 def assert_clear_topk(model: Qwen3, ids: torch.Tensor) -> None:
